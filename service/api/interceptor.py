@@ -1,0 +1,83 @@
+"""Per-call request ids, and the boundary where errors become statuses.
+
+Every nas.v1 call gets a request id before its handler runs. A handler
+raises domain errors; this interceptor turns them into a gRPC status with
+rich details (`service.api.status`), and turns anything unexpected into
+INTERNAL `InternalError`, logged with its traceback but never shown to
+the caller. Health and reflection calls pass through untouched.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from service.api.status import to_rpc_status
+from service.domain.ids import new_request_id
+from service.errors import InternalError, NasError
+from service.logs import bind_ids
+
+__all__ = ["RequestInterceptor", "current_request_id"]
+
+logger = logging.getLogger(__name__)
+
+_API_PREFIX = "/nas.v1."
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("nas_request_id", default="")
+
+
+def current_request_id() -> str:
+    """Return the id of the call being handled in this task."""
+    return _request_id.get()
+
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(_API_PREFIX) or handler.unary_unary is None:
+            return handler
+
+        inner = handler.unary_unary
+        method_name = method.rsplit("/", 1)[-1]
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            request_id = new_request_id()
+            token = _request_id.set(request_id)
+            started = time.monotonic()
+            try:
+                with bind_ids(request_id=request_id):
+                    try:
+                        response = await inner(request, context)
+                    except NasError as error:
+                        logger.info("%s failed: %s", method_name, error.code)
+                        await _abort(context, error, request_id)
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception:
+                        logger.exception("%s failed with an unexpected error", method_name)
+                        await _abort(context, InternalError(), request_id)
+                    logger.debug("%s succeeded in %.1f ms", method_name, (time.monotonic() - started) * 1000)
+                    return response
+            finally:
+                _request_id.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: NasError, request_id: str) -> None:
+    status = rpc_status.to_status(to_rpc_status(error, request_id))
+    await context.abort(status.code, status.details, status.trailing_metadata)

@@ -1,0 +1,167 @@
+"""Domain errors, each carrying the NAS error code a caller sees.
+
+Every error a caller may see is one of these classes; the API layer maps
+each class to a gRPC status code in one table (`service.api.status`), and
+anything else becomes `InternalError`:
+
+    NasError
+    ├── InvalidParameter               INVALID_ARGUMENT  InvalidParameter.<Field>
+    │   └── MissingParameter           INVALID_ARGUMENT  MissingParameter.<Field>
+    ├── NotFound                       NOT_FOUND
+    │   ├── FileSystemNotFound                           InvalidFileSystem.NotFound
+    │   └── SnapshotNotFound                             InvalidSnapshot.NotFound
+    ├── AlreadyExists                  ALREADY_EXISTS
+    │   ├── FileSystemAlreadyExists                      InvalidFileSystem.AlreadyExists
+    │   └── IdempotentParameterMismatch                  IdempotentParameterMismatch
+    ├── FailedPrecondition             FAILED_PRECONDITION
+    │   ├── FileSystemTypeNotSupported                   InvalidFileSystemType.NotSupported
+    │   └── IncorrectFileSystemStatus                    Instance.IncorrectStatus
+    ├── SnapshotQuotaExceeded          RESOURCE_EXHAUSTED QuotaExceeded.Snapshot
+    ├── SnapshotCreating               ABORTED           OperationConflict.SnapshotCreating
+    ├── ServiceUnavailable             UNAVAILABLE       ServiceUnavailable
+    └── InternalError                  INTERNAL          InternalError
+
+Messages are written for the caller: they name the value that failed and
+never contain internal details such as SQL or host names.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExists",
+    "FailedPrecondition",
+    "FileSystemAlreadyExists",
+    "FileSystemNotFound",
+    "FileSystemTypeNotSupported",
+    "IdempotentParameterMismatch",
+    "IncorrectFileSystemStatus",
+    "InternalError",
+    "InvalidParameter",
+    "MissingParameter",
+    "NasError",
+    "NotFound",
+    "ServiceUnavailable",
+    "SnapshotCreating",
+    "SnapshotNotFound",
+    "SnapshotQuotaExceeded",
+]
+
+
+class NasError(Exception):
+    """An error with a NAS error code, shown to the caller as is."""
+
+    code: str = "InternalError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidParameter(NasError):
+    """A request field has a value the API does not accept.
+
+    Attributes:
+        field: the request field in proto spelling (`snapshot_name`).
+        parameter: the NAS parameter name (`SnapshotName`), used in the code.
+    """
+
+    prefix = "InvalidParameter"
+
+    def __init__(self, field: str, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.parameter = parameter
+        self.code = f"{self.prefix}.{parameter}"
+
+
+class MissingParameter(InvalidParameter):
+    """A required request field is empty."""
+
+    prefix = "MissingParameter"
+
+
+class NotFound(NasError):
+    """The resource named in the request does not exist."""
+
+
+class FileSystemNotFound(NotFound):
+    code = "InvalidFileSystem.NotFound"
+
+    def __init__(self, file_system_id: str) -> None:
+        super().__init__(f"The file system {file_system_id} does not exist.")
+        self.file_system_id = file_system_id
+
+
+class SnapshotNotFound(NotFound):
+    code = "InvalidSnapshot.NotFound"
+
+    def __init__(self, snapshot_id: str) -> None:
+        super().__init__(f"The snapshot {snapshot_id} does not exist.")
+        self.snapshot_id = snapshot_id
+
+
+class AlreadyExists(NasError):
+    """The request conflicts with a resource or request recorded earlier."""
+
+
+class FileSystemAlreadyExists(AlreadyExists):
+    code = "InvalidFileSystem.AlreadyExists"
+
+
+class IdempotentParameterMismatch(AlreadyExists):
+    code = "IdempotentParameterMismatch"
+
+
+class FailedPrecondition(NasError):
+    """The resource is not in a state that allows the operation."""
+
+
+class FileSystemTypeNotSupported(FailedPrecondition):
+    code = "InvalidFileSystemType.NotSupported"
+
+
+class IncorrectFileSystemStatus(FailedPrecondition):
+    code = "Instance.IncorrectStatus"
+
+
+class SnapshotQuotaExceeded(NasError):
+    """The file system already has the maximum number of snapshots.
+
+    Attributes:
+        file_system_id: the file system that is full.
+        limit: the maximum number of snapshots per file system.
+    """
+
+    code = "QuotaExceeded.Snapshot"
+
+    def __init__(self, file_system_id: str, limit: int) -> None:
+        super().__init__(
+            f"The file system {file_system_id} already has the maximum of {limit} snapshots. "
+            "Delete a snapshot before you create another."
+        )
+        self.file_system_id = file_system_id
+        self.limit = limit
+
+
+class SnapshotCreating(NasError):
+    """Another snapshot of the file system is still being created."""
+
+    code = "OperationConflict.SnapshotCreating"
+
+
+class ServiceUnavailable(NasError):
+    """A dependency such as the database cannot be reached; retry later."""
+
+    code = "ServiceUnavailable"
+
+    def __init__(self, message: str = "The service is temporarily unavailable. Retry the request later.") -> None:
+        super().__init__(message)
+
+
+class InternalError(NasError):
+    """An unexpected failure; its details go to the log, not to the caller."""
+
+    code = "InternalError"
+
+    def __init__(self, message: str = "The request failed because of an internal error.") -> None:
+        super().__init__(message)

@@ -1,0 +1,55 @@
+"""Logging set-up shared by the API and the worker.
+
+Records carry the ids of the work at hand (request, snapshot, file
+system) from context variables, so a line logged deep in the store layer
+still says which request it belongs to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from collections.abc import Iterator
+
+__all__ = ["bind_ids", "configure_logging"]
+
+_CONTEXT_FIELDS = ("request_id", "snapshot_id", "file_system_id")
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("nas_log_context", default={})
+
+
+@contextlib.contextmanager
+def bind_ids(**ids: str | None) -> Iterator[None]:
+    """Add ids to every record logged inside the block, in this task only."""
+    merged = dict(_context.get())
+    merged.update({key: value for key, value in ids.items() if value})
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _context.get()
+        for field in _CONTEXT_FIELDS:
+            if not hasattr(record, field):
+                setattr(record, field, context.get(field, ""))
+        record.ids = " ".join(f"{field}={getattr(record, field)}" for field in _CONTEXT_FIELDS if getattr(record, field))
+        return True
+
+
+def configure_logging(level: str) -> None:
+    """Send records to stderr, one line each, with the bound ids at the end."""
+    handler = logging.StreamHandler()
+    handler.addFilter(_ContextFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s %(ids)s"))
+
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+    # aiormq logs every frame at DEBUG; keep the libraries at INFO.
+    for noisy in ("aiormq", "aio_pika", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

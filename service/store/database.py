@@ -1,0 +1,126 @@
+"""The PostgreSQL pool, and the one place where its errors are translated.
+
+Code above the store layer never sees an asyncpg exception about the
+connection: `Database.transaction()` turns every sign that the database
+cannot be reached, or is too busy to answer in time, into
+`ServiceUnavailable`. Errors about the data itself (a violated
+constraint, say) pass through for the caller to interpret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from service.errors import ServiceUnavailable
+
+__all__ = ["Database", "UNAVAILABLE_ERRORS", "wait_for_database"]
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean "the database is down, restarting, overloaded or too
+# slow", as opposed to "the request is wrong".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+
+
+class Database:
+    """A connection pool with bounded waits at every step."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, pool_size: int, timeout: float, application_name: str = "nas-snapshots"
+    ) -> Database:
+        milliseconds = str(int(timeout * 1000))
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            timeout=timeout,
+            command_timeout=timeout,
+            server_settings={
+                "application_name": application_name,
+                # Server-side limits hold even when a client dies mid-call.
+                "statement_timeout": milliseconds,
+                "lock_timeout": milliseconds,
+                "idle_in_transaction_session_timeout": str(int(timeout * 6000)),
+                "timezone": "UTC",
+            },
+        )
+        return cls(pool, timeout)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """Run the block in one transaction, committed when the block returns.
+
+        Raises ServiceUnavailable when the database cannot be reached or a
+        lock or statement does not finish within the timeout.
+        """
+        try:
+            async with self.pool.acquire(timeout=self.timeout) as connection:
+                isolation = "repeatable_read" if readonly else "read_committed"
+                async with connection.transaction(isolation=isolation, readonly=readonly):
+                    yield connection
+        except UNAVAILABLE_ERRORS as exc:
+            logger.warning("Database unavailable: %s: %s", type(exc).__name__, exc)
+            raise ServiceUnavailable() from exc
+        except asyncpg.InterfaceError as exc:
+            # The pool reports a connection lost mid-query this way.
+            if "connection" not in str(exc).lower():
+                raise
+            logger.warning("Database connection lost: %s", exc)
+            raise ServiceUnavailable() from exc
+
+    async def ping(self) -> bool:
+        """Tell whether a trivial query succeeds within the timeout."""
+        try:
+            async with self.pool.acquire(timeout=self.timeout) as connection:
+                await connection.fetchval("SELECT 1", timeout=self.timeout)
+            return True
+        except (*UNAVAILABLE_ERRORS, asyncpg.InterfaceError):
+            return False
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.pool.close(), self.timeout)
+        except TimeoutError:
+            # Connections still busy past the budget: drop them.
+            logger.warning("PostgreSQL pool did not close within %.1f s; terminating it", self.timeout)
+            self.pool.terminate()
+
+
+async def wait_for_database(url: str, *, attempts: int, delay: float) -> None:
+    """Return once PostgreSQL accepts a connection, logging each failed try."""
+    for attempt in range(1, attempts + 1):
+        try:
+            connection = await asyncpg.connect(url, timeout=delay)
+        except UNAVAILABLE_ERRORS as exc:
+            if attempt == attempts:
+                raise
+            logger.warning(
+                "PostgreSQL is not reachable (attempt %d of %d): %s: %s", attempt, attempts, type(exc).__name__, exc
+            )
+            await asyncio.sleep(delay)
+        else:
+            await connection.close()
+            return
