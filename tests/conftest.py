@@ -95,7 +95,7 @@ class Api:
     channel: grpc.aio.Channel
 
     async def register(self, file_system_id: str | None = None, **fields: object) -> str:
-        """Register a file system (extreme, Running, 100 GiB unless told) and return its id."""
+        """Register a file system (extreme, Running and 100 GiB by default) and return its id."""
         file_system_id = file_system_id or support.new_file_system_id()
         fields.setdefault("capacity", 100)
         await self.file_systems.RegisterFileSystem(
@@ -105,9 +105,9 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def running_api(settings: Settings, database: Database) -> AsyncIterator[Api]:
+async def running_api(settings: Settings, database: Database, **options: float) -> AsyncIterator[Api]:
     """Serve the API in this event loop on a free port until the block ends."""
-    server = ApiServer(settings, database)
+    server = ApiServer(settings, database, **options)
     port = await server.start()
     address = f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(address)

@@ -256,7 +256,7 @@ async def test_client_token_replay_returns_same_id(api):
 
 
 async def test_client_token_replay_skips_later_checks(api, database_url):
-    """A replay answers the same even after the file system stopped or the snapshot finished."""
+    """A replay returns the same snapshot id even after the file system stopped or the snapshot finished."""
     file_system_id = await api.register()
     request = create(file_system_id, client_token="token-a")
     first = await api.snapshots.CreateSnapshot(request)

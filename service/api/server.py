@@ -1,7 +1,7 @@
 """The gRPC server: API services, health, reflection, and its lifecycle.
 
 Health reports SERVING for "liveness" while the event loop runs, and for
-"readiness", "" and the API service names only while PostgreSQL answers.
+"readiness", "" and the API service names only while PostgreSQL responds to a query.
 A RabbitMQ outage does not make the API unready: accepted work waits in
 the outbox.
 """
@@ -35,15 +35,15 @@ API_SERVICE_NAMES = (
     file_systems_pb2.DESCRIPTOR.services_by_name["FileSystemService"].full_name,
 )
 _READINESS_NAMES = ("", "readiness", *API_SERVICE_NAMES)
-_READINESS_INTERVAL = 5.0
 _MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class ApiServer:
     """The API's gRPC server bound to one address."""
 
-    def __init__(self, settings: Settings, database: Database) -> None:
+    def __init__(self, settings: Settings, database: Database, *, readiness_interval: float = 5.0) -> None:
         self._settings = settings
+        self._readiness_interval = readiness_interval
         self._database = database
         self._health = health.aio.HealthServicer()
         self._readiness_task: asyncio.Task[None] | None = None
@@ -113,10 +113,10 @@ class ApiServer:
     async def _watch_readiness(self) -> None:
         was_ready = True
         while True:
-            await asyncio.sleep(_READINESS_INTERVAL)
+            await asyncio.sleep(self._readiness_interval)
             ready = await self._check_readiness()
             if ready and not was_ready:
-                logger.info("PostgreSQL answers again; API is ready")
+                logger.info("PostgreSQL responds again; the API is ready")
             elif was_ready and not ready:
-                logger.warning("PostgreSQL does not answer; API reports not ready")
+                logger.warning("PostgreSQL does not respond; the API reports not ready")
             was_ready = ready

@@ -35,7 +35,7 @@ STATUS_CODES: dict[type[NasError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     SnapshotQuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    # ABORTED, as the CSI specification answers for an operation already
+    # ABORTED, as the CSI specification returns for an operation already
     # pending: the caller may retry once the creation has finished.
     SnapshotCreating: grpc.StatusCode.ABORTED,
     ServiceUnavailable: grpc.StatusCode.UNAVAILABLE,

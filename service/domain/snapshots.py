@@ -88,7 +88,7 @@ async def _admit(connection: asyncpg.Connection, params: CreateSnapshotParams, s
     if file_system is None:
         raise FileSystemNotFound(params.file_system_id)
 
-    # A replay returns the first answer before any state-dependent check,
+    # A replay returns the first result before any state-dependent check,
     # so a retry after the file system changed still gets its snapshot id.
     if params.client_token is not None:
         earlier = await client_tokens.find(connection, params.file_system_id, params.client_token)

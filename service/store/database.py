@@ -2,7 +2,7 @@
 
 Code above the store layer never sees an asyncpg exception about the
 connection: `Database.transaction()` turns every sign that the database
-cannot be reached, or is too busy to answer in time, into
+cannot be reached, or is too busy to respond in time, into
 `ServiceUnavailable`. Errors about the data itself (a violated
 constraint, say) pass through for the caller to interpret.
 """

@@ -90,8 +90,9 @@ async def create_database_if_missing(database_url: str, timeout: float = 30.0) -
         quoted = '"' + name.replace('"', '""') + '"'
         try:
             await connection.execute(f"CREATE DATABASE {quoted}")
-        except asyncpg.DuplicateDatabaseError:
-            # Another replica created it between the check and the CREATE.
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            # Another replica created it between the check and the CREATE;
+            # PostgreSQL reports that race as a catalog unique violation.
             return False
         logger.info("Created database %s", name)
         return True
