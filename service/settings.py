@@ -39,6 +39,8 @@ class Settings:
     database_pool_size: int = 10
     # Seconds a statement or a lock wait may take before it is cancelled.
     database_timeout: float = 10.0
+    # Seconds between two retention sweeps in each worker.
+    sweep_interval: float = 60.0
     # Apply schema migrations when a process starts; turn off when a
     # separate migration step runs them.
     migrate_on_start: bool = True
@@ -119,6 +121,7 @@ class Settings:
             worker_concurrency=integer("NAS_WORKER_CONCURRENCY", defaults.worker_concurrency, 1, 1_000),
             database_pool_size=integer("NAS_DATABASE_POOL_SIZE", defaults.database_pool_size, 1, 1_000),
             database_timeout=number("NAS_DATABASE_TIMEOUT", defaults.database_timeout, 0.1),
+            sweep_interval=number("NAS_SWEEP_INTERVAL", defaults.sweep_interval, 1.0),
             migrate_on_start=boolean("NAS_MIGRATE_ON_START", defaults.migrate_on_start),
             log_level=log_level,
         )

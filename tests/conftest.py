@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +26,11 @@ from service.settings import Settings
 from service.store.database import Database
 from service.store.migrate import apply_migrations, create_database_if_missing
 from tests import support
+from worker.app import Worker
+
+# The broker client logs every frame at DEBUG, which buries the service's own records.
+logging.getLogger("aiormq").setLevel(logging.INFO)
+logging.getLogger("aio_pika").setLevel(logging.INFO)
 
 POSTGRES_URL = os.environ.get("NAS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 AMQP_BASE_URL = os.environ.get("NAS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
@@ -128,3 +134,12 @@ async def api(settings: Settings, database: Database) -> AsyncIterator[Api]:
     """The API shared by the session; no worker runs unless a test starts one."""
     async with running_api(settings, database) as api:
         yield api
+
+
+@pytest.fixture
+async def worker(settings: Settings, database: Database) -> AsyncIterator[Worker]:
+    """A worker with the local driver, running in this event loop."""
+    worker = Worker(settings, database)
+    await worker.start()
+    yield worker
+    await worker.stop(grace=5)

@@ -7,11 +7,23 @@ import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-__all__ = ["ErrorDetails", "error_details", "new_file_system_id", "rabbitmqctl", "wait_until"]
+from nas.v1 import snapshots_pb2
+
+__all__ = [
+    "ErrorDetails",
+    "describe_one",
+    "error_details",
+    "new_file_system_id",
+    "provisioned_file_system",
+    "rabbitmqctl",
+    "wait_for_status",
+    "wait_until",
+]
 
 
 def new_file_system_id(prefix: str = "extreme") -> str:
@@ -77,3 +89,27 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def describe_one(api, snapshot_id: str) -> snapshots_pb2.Snapshot:
+    page = await api.snapshots.DescribeSnapshots(snapshots_pb2.DescribeSnapshotsRequest(snapshot_ids=[snapshot_id]))
+    return page.snapshots[0]
+
+
+async def wait_for_status(api, snapshot_id: str, timeout: float = 30.0) -> snapshots_pb2.Snapshot:
+    async def finished() -> bool:
+        return (await describe_one(api, snapshot_id)).status != "progressing"
+
+    await wait_until(finished, timeout=timeout, what=f"snapshot {snapshot_id} to finish")
+    return await describe_one(api, snapshot_id)
+
+
+async def provisioned_file_system(api, data_root: Path) -> tuple[str, Path]:
+    file_system_id = await api.register()
+    directory = data_root / "file-systems" / file_system_id
+
+    async def exists() -> bool:
+        return directory.is_dir()
+
+    await wait_until(exists, what=f"directory of {file_system_id}")
+    return file_system_id, directory

@@ -13,42 +13,10 @@ import pytest
 
 from nas.v1 import snapshots_pb2
 from service import messages
-from tests.support import wait_until
+from tests.support import describe_one, provisioned_file_system, wait_for_status, wait_until
 from worker import topology
 from worker.app import Worker
 from worker.drivers.local import LocalDriver
-
-
-@pytest.fixture
-async def worker(settings, database):
-    worker = Worker(settings, database)
-    await worker.start()
-    yield worker
-    await worker.stop(grace=5)
-
-
-async def describe_one(api, snapshot_id: str) -> snapshots_pb2.Snapshot:
-    page = await api.snapshots.DescribeSnapshots(snapshots_pb2.DescribeSnapshotsRequest(snapshot_ids=[snapshot_id]))
-    return page.snapshots[0]
-
-
-async def wait_for_status(api, snapshot_id: str, timeout: float = 30.0) -> snapshots_pb2.Snapshot:
-    async def finished() -> bool:
-        return (await describe_one(api, snapshot_id)).status != "progressing"
-
-    await wait_until(finished, timeout=timeout, what=f"snapshot {snapshot_id} to finish")
-    return await describe_one(api, snapshot_id)
-
-
-async def provisioned_file_system(api, data_root: Path) -> tuple[str, Path]:
-    file_system_id = await api.register()
-    directory = data_root / "file-systems" / file_system_id
-
-    async def exists() -> bool:
-        return directory.is_dir()
-
-    await wait_until(exists, what=f"directory of {file_system_id}")
-    return file_system_id, directory
 
 
 def read_tree(root: Path) -> dict[str, str]:
@@ -160,8 +128,7 @@ class SlowDriver(LocalDriver):
 
 
 async def test_progress_visible_while_creating(api, settings, database, data_root):
-    worker = Worker(settings, database)
-    worker._tasks._driver = SlowDriver(data_root)
+    worker = Worker(settings, database, driver=SlowDriver(data_root))
     await worker.start()
     try:
         file_system_id, _ = await provisioned_file_system(api, data_root)

@@ -1,7 +1,7 @@
-"""The worker process: consumes work messages and runs the outbox relay.
+"""The worker process: consumes work messages, runs the outbox relay and the retention sweeper.
 
-Start connects to RabbitMQ, declares the topology, starts the relay and
-the consumers. Stop cancels the consumers first, so no new message
+Start connects to RabbitMQ, declares the topology, starts the relay, the
+sweeper and the consumers. Stop cancels the consumers first, so no new message
 arrives, waits for the messages in hand within a grace period, requeues
 what is left by closing the channel, and stops the relay.
 """
@@ -24,7 +24,9 @@ from service.settings import Settings
 from service.store.database import Database
 from worker import topology
 from worker.drivers import create_driver
+from worker.drivers.base import StorageDriver
 from worker.relay import OutboxRelay
+from worker.sweeper import RetentionSweeper
 from worker.tasks import Outcome, SnapshotTasks
 
 __all__ = ["Worker"]
@@ -38,16 +40,25 @@ _CONNECT_DELAY = 2.0
 
 
 class Worker:
-    def __init__(self, settings: Settings, database: Database, *, run_relay: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        *,
+        driver: StorageDriver | None = None,
+        run_relay: bool = True,
+        run_sweeper: bool = True,
+    ) -> None:
         self._settings = settings
         self._database = database
         self._run_relay = run_relay
+        self._run_sweeper = run_sweeper
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._tasks = SnapshotTasks(database, create_driver(settings), self.owner)
+        self._tasks = SnapshotTasks(database, driver or create_driver(settings), self.owner)
         self._connection: AbstractRobustConnection | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._relay_task: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         # Connect; a broker that is down at start is waited for, with a log line per try.
@@ -58,7 +69,10 @@ class Worker:
         exchange, _ = await topology.declare(publish_channel)
         if self._run_relay:
             relay = OutboxRelay(self._database, self._settings.database_url, exchange)
-            self._relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+            self._background.append(asyncio.create_task(relay.run(), name="outbox-relay"))
+        if self._run_sweeper:
+            sweeper = RetentionSweeper(self._database, interval=self._settings.sweep_interval)
+            self._background.append(asyncio.create_task(sweeper.run(), name="retention-sweeper"))
 
         # Another consumes; prefetch bounds the creations this process runs at once.
         consume_channel = await self._connection.channel()
@@ -89,10 +103,12 @@ class Worker:
                 await asyncio.wait(pending)
                 logger.warning("Handed back %d unfinished messages to the broker", len(pending))
 
-        if self._relay_task is not None:
-            self._relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relay_task
+        # The relay and the sweeper commit each batch atomically, so
+        # cancelling them between batches loses nothing.
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
 
         if self._connection is not None:
             await self._connection.close()
@@ -133,8 +149,12 @@ class Worker:
     async def _dispatch(self, routing_key: str, payload: dict[str, str]) -> Outcome:
         if routing_key == messages.CREATE_SNAPSHOT:
             return await self._tasks.create_snapshot(payload["snapshot_id"], payload["file_system_id"])
+        if routing_key == messages.DELETE_SNAPSHOT:
+            return await self._tasks.delete_snapshot(payload["snapshot_id"], payload["file_system_id"])
         if routing_key == messages.PROVISION_FILE_SYSTEM:
             return await self._tasks.provision_file_system(payload["file_system_id"])
+        if routing_key == messages.RELEASE_FILE_SYSTEM:
+            return await self._tasks.release_file_system(payload["file_system_id"])
         raise KeyError(f"unknown routing key {routing_key!r}")
 
 

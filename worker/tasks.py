@@ -1,4 +1,4 @@
-"""What a worker does with each message: create a snapshot, provision a file system.
+"""What a worker does with each message: create or delete a snapshot, provision or release a file system.
 
 A handler returns an `Outcome`. DONE means the message may be acked: the
 work is finished, failed for good, or belongs to nobody any more. RETRY
@@ -57,8 +57,50 @@ class SnapshotTasks:
 
     async def provision_file_system(self, file_system_id: str) -> Outcome:
         with bind_ids(file_system_id=file_system_id):
+            try:
+                async with self._database.transaction() as connection:
+                    current = await file_systems.get(connection, file_system_id)
+            except ServiceUnavailable:
+                return Outcome.RETRY
+
+            # Queues do not order messages across kinds: a release may have
+            # been handled first, and its storage must not come back.
+            if current is None or current.released_at is not None:
+                logger.info("Not provisioning storage for a file system that is released or unknown")
+                return Outcome.DONE
+
             await self._driver.provision_file_system(file_system_id)
             logger.info("File system storage is ready")
+            return Outcome.DONE
+
+    async def release_file_system(self, file_system_id: str) -> Outcome:
+        with bind_ids(file_system_id=file_system_id):
+            await self._driver.release_file_system(file_system_id)
+            logger.info("Released file system storage")
+            return Outcome.DONE
+
+    async def delete_snapshot(self, snapshot_id: str, file_system_id: str) -> Outcome:
+        """Remove a deleted snapshot's data; a live snapshot is left alone."""
+        with bind_ids(snapshot_id=snapshot_id, file_system_id=file_system_id):
+            try:
+                async with self._database.transaction() as connection:
+                    current = await snapshots.get(connection, snapshot_id)
+                if current is None or current.deleted_at is None:
+                    logger.warning("Ignoring a delete message for a snapshot that is not deleted")
+                    return Outcome.DONE
+
+                await self._driver.delete_snapshot(file_system_id, snapshot_id)
+
+                async with self._database.transaction() as connection:
+                    await snapshots.mark_data_removed(connection, snapshot_id)
+            except ServiceUnavailable:
+                logger.warning("Database unavailable during snapshot deletion; the message will be retried")
+                return Outcome.RETRY
+            except DriverError as exc:
+                logger.error("Removing the snapshot's data failed; the message will be retried: %s", exc)
+                return Outcome.RETRY
+
+            logger.info("Snapshot data removed (deleted by %s)", current.deletion_reason)
             return Outcome.DONE
 
     async def create_snapshot(self, snapshot_id: str, file_system_id: str) -> Outcome:
@@ -109,10 +151,17 @@ class SnapshotTasks:
 
         if completed:
             logger.info("Snapshot accomplished: %d bytes", result.size_bytes)
-        else:
-            # NOTE: the copy stays on disk until deletion removes data of
-            # snapshots that are gone.
-            logger.warning("Snapshot was finished but its row changed meanwhile; result not recorded")
+            return Outcome.DONE
+
+        # The snapshot was deleted (or taken over) while the copy ran. A
+        # deleted snapshot must not come back, so remove what this worker
+        # made; the delete worker may have run before the copy was in place.
+        async with self._database.transaction() as connection:
+            current = await snapshots.get(connection, snapshot_id)
+        if current is not None and current.deleted_at is not None:
+            logger.info("Snapshot was deleted while it was being created; removing its data")
+            return await self.delete_snapshot(snapshot_id, file_system_id)
+        logger.warning("Snapshot was finished but another worker holds it now; result not recorded")
         return Outcome.DONE
 
     async def _fail(self, snapshot_id: str, reason: str) -> Outcome:

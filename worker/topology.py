@@ -1,8 +1,8 @@
 """RabbitMQ names and declarations: one exchange, one queue per kind of work.
 
-Queues are durable quorum queues, replicated by the broker and stored on
-disk; with persistent messages and publisher confirms, a message the
-relay saw confirmed survives a broker restart.
+Queues are durable quorum queues, which the broker replicates and stores
+on disk. Because messages are persistent and publishes confirmed, a
+message the relay saw confirmed survives a broker restart.
 """
 
 from __future__ import annotations

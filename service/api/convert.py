@@ -52,6 +52,8 @@ def snapshot_message(record: SnapshotRecord) -> snapshots_pb2.Snapshot:
     )
     if record.completed_at is not None:
         message.completed_time.CopyFrom(timestamp(record.completed_at))
+    if record.expires_at is not None:
+        message.expire_time.CopyFrom(timestamp(record.expires_at))
     return message
 
 

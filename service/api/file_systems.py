@@ -8,7 +8,7 @@ from nas.v1 import file_systems_pb2, file_systems_pb2_grpc
 from service.api.convert import file_system_message, optional_time
 from service.api.interceptor import current_request_id
 from service.domain import file_systems as file_system_rules
-from service.domain.validation import check_page
+from service.domain.validation import check_file_system_id, check_page
 from service.logs import bind_ids
 from service.store.database import Database
 
@@ -70,4 +70,14 @@ class FileSystemService(file_systems_pb2_grpc.FileSystemServiceServicer):
             page_number=page.number,
             page_size=page.size,
             file_systems=[file_system_message(record) for record in records],
+        )
+
+    async def ReleaseFileSystem(
+        self, request: file_systems_pb2.ReleaseFileSystemRequest, context: grpc.aio.ServicerContext
+    ) -> file_systems_pb2.ReleaseFileSystemResponse:
+        file_system_id = check_file_system_id(request.file_system_id)
+        with bind_ids(file_system_id=file_system_id):
+            deleted = await file_system_rules.release_file_system(self._database, file_system_id)
+        return file_systems_pb2.ReleaseFileSystemResponse(
+            request_id=current_request_id(), deleted_snapshot_ids=deleted
         )

@@ -1,10 +1,9 @@
 """Per-call request ids, and the boundary where errors become statuses.
 
-Every nas.v1 call gets a request id before its handler runs. A handler
-raises domain errors; this interceptor turns them into a gRPC status with
-rich details (`service.api.status`), and turns anything unexpected into
-INTERNAL `InternalError`, logged with its traceback but never shown to
-the caller. Health and reflection calls pass through untouched.
+Every nas.v1 call gets a request id before its handler runs. Handlers
+raise domain errors, which this interceptor turns into a gRPC status with
+rich details (`service.api.status`). Anything unexpected becomes INTERNAL
+`InternalError`, logged with its traceback but never shown to the caller. Health and reflection calls pass through untouched.
 """
 
 from __future__ import annotations

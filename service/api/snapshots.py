@@ -1,4 +1,4 @@
-"""nas.v1.SnapshotService: CreateSnapshot and DescribeSnapshots."""
+"""nas.v1.SnapshotService: CreateSnapshot, DescribeSnapshots and DeleteSnapshot."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from service.domain.validation import (
     SNAPSHOT_TYPES,
     check_file_system_id,
     check_page,
+    check_snapshot_id,
     check_snapshot_id_filter,
     validate_create_snapshot,
 )
@@ -76,6 +77,14 @@ class SnapshotService(snapshots_pb2_grpc.SnapshotServiceServicer):
             page_size=page.size,
             snapshots=[snapshot_message(record) for record in records],
         )
+
+    async def DeleteSnapshot(
+        self, request: snapshots_pb2.DeleteSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> snapshots_pb2.DeleteSnapshotResponse:
+        snapshot_id = check_snapshot_id(request.snapshot_id)
+        with bind_ids(snapshot_id=snapshot_id):
+            await snapshot_rules.delete_snapshot(self._database, snapshot_id)
+        return snapshots_pb2.DeleteSnapshotResponse(request_id=current_request_id())
 
 
 def _choice(value: str, allowed: tuple[str, ...], field: str, parameter: str) -> str | None:

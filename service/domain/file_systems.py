@@ -11,6 +11,8 @@ import dataclasses
 import datetime
 import logging
 
+import asyncpg
+
 from service import messages
 from service.domain.validation import (
     FILE_SYSTEM_STATUSES,
@@ -20,7 +22,7 @@ from service.domain.validation import (
     check_file_system_id,
 )
 from service.errors import FileSystemAlreadyExists, FileSystemNotFound, InvalidParameter, MissingParameter
-from service.store import file_systems, outbox
+from service.store import file_systems, outbox, snapshots
 from service.store.database import Database
 from service.store.file_systems import FileSystemRecord
 
@@ -29,6 +31,7 @@ __all__ = [
     "FileSystemUpdate",
     "describe_file_systems",
     "register_file_system",
+    "release_file_system",
     "update_file_system",
     "validate_registration",
     "validate_update",
@@ -122,6 +125,10 @@ async def register_file_system(database: Database, spec: FileSystemSpec) -> File
 
         existing = await file_systems.get(connection, spec.file_system_id)
 
+    if existing.released_at is not None:
+        raise FileSystemAlreadyExists(
+            f"The file system {spec.file_system_id} was released; a released id cannot be registered again."
+        )
     same = (
         existing.file_system_type == spec.file_system_type
         and existing.status == spec.status
@@ -141,7 +148,7 @@ async def update_file_system(database: Database, change: FileSystemUpdate) -> Fi
         # The same lock as snapshot admission, so a status change and an
         # admission are ordered.
         current = await file_systems.lock(connection, change.file_system_id)
-        if current is None:
+        if current is None or current.released_at is not None:
             raise FileSystemNotFound(change.file_system_id)
 
         status = change.status if change.status is not None else current.status
@@ -158,6 +165,43 @@ async def update_file_system(database: Database, change: FileSystemUpdate) -> Fi
         "Updated file system %s: status %s, expired time %s", change.file_system_id, status, expired_time
     )
     return updated
+
+
+async def release_file_system(database: Database, file_system_id: str) -> list[str]:
+    """Record that the file system is gone; return the ids of the snapshots deleted with it.
+
+    Releasing twice succeeds, the second time deleting nothing.
+    """
+    async with database.transaction() as connection:
+        current = await file_systems.lock(connection, file_system_id)
+        if current is None:
+            raise FileSystemNotFound(file_system_id)
+        if current.released_at is not None:
+            return []
+        deleted = await release_locked(connection, file_system_id)
+
+    logger.info("Released file system %s; deleted %d snapshots with it", file_system_id, len(deleted))
+    return deleted
+
+
+async def release_locked(connection: asyncpg.Connection, file_system_id: str) -> list[str]:
+    """Release a file system whose row lock the caller's transaction holds.
+
+    Deletes the snapshot in creation and every snapshot whose creation
+    overlapped the expired time, and asks workers to remove their data and
+    the file system's. A worker that finishes a creation takes the same
+    lock, so it either completed before this runs (and the snapshot is
+    judged by its completion time) or finds the snapshot deleted after.
+    """
+    deleted = await snapshots.delete_for_release(connection, file_system_id)
+    await outbox.enqueue_many(
+        connection,
+        messages.DELETE_SNAPSHOT,
+        [{"snapshot_id": snapshot_id, "file_system_id": file_system_id} for snapshot_id in deleted],
+    )
+    await file_systems.release(connection, file_system_id)
+    await outbox.enqueue(connection, messages.RELEASE_FILE_SYSTEM, {"file_system_id": file_system_id})
+    return deleted
 
 
 async def describe_file_systems(

@@ -1,4 +1,4 @@
-"""CreateSnapshot admission and DescribeSnapshots.
+"""CreateSnapshot admission, DeleteSnapshot and DescribeSnapshots.
 
 Admission runs its checks in a fixed order, inside one transaction that
 holds the file system's row lock, so the answer is the same however
@@ -28,13 +28,14 @@ from service.errors import (
     IdempotentParameterMismatch,
     IncorrectFileSystemStatus,
     SnapshotCreating,
+    SnapshotNotFound,
     SnapshotQuotaExceeded,
 )
 from service.store import client_tokens, file_systems, outbox, snapshots
 from service.store.database import Database
 from service.store.file_systems import FileSystemRecord
 
-__all__ = ["Admission", "admit_snapshot", "check_normal_status", "describe_snapshots"]
+__all__ = ["Admission", "admit_snapshot", "check_normal_status", "delete_snapshot", "describe_snapshots"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ async def admit_snapshot(database: Database, params: CreateSnapshotParams, snaps
 async def _admit(connection: asyncpg.Connection, params: CreateSnapshotParams, snapshot_limit: int) -> Admission:
     # The row lock serialises every admission on this file system.
     file_system = await file_systems.lock(connection, params.file_system_id)
-    if file_system is None:
+    if file_system is None or file_system.released_at is not None:
         raise FileSystemNotFound(params.file_system_id)
 
     # A replay returns the first result before any state-dependent check,
@@ -144,3 +145,33 @@ async def describe_snapshots(
 ) -> tuple[int, list[snapshots.SnapshotRecord]]:
     async with database.transaction(readonly=True) as connection:
         return await snapshots.describe(connection, where, page.size, page.offset)
+
+
+async def delete_snapshot(database: Database, snapshot_id: str) -> bool:
+    """Delete a snapshot in any state; return False if it was deleted before.
+
+    A snapshot still being created is cancelled: its creator loses the
+    lease, stops copying and removes what it wrote, and can no longer
+    complete it. A delete message tells a worker to remove the data.
+    """
+    async with database.transaction() as connection:
+        found = await snapshots.get(connection, snapshot_id)
+        if found is None:
+            raise SnapshotNotFound(snapshot_id)
+
+        # Lock the file system before the snapshot, as every path does, so
+        # the delete is ordered with admissions, completions and releases.
+        await file_systems.lock(connection, found.file_system_id)
+        deleted = await snapshots.mark_deleted(connection, snapshot_id, "user")
+        if deleted:
+            await outbox.enqueue(
+                connection,
+                messages.DELETE_SNAPSHOT,
+                {"snapshot_id": snapshot_id, "file_system_id": found.file_system_id},
+            )
+
+    if deleted:
+        logger.info("Deleted snapshot %s (was %s)", snapshot_id, found.status)
+    else:
+        logger.info("Snapshot %s was already deleted", snapshot_id)
+    return deleted

@@ -32,6 +32,7 @@ __all__ = [
     "SNAPSHOT_TYPES",
     "check_file_system_id",
     "check_page",
+    "check_snapshot_id",
     "check_snapshot_id_filter",
     "validate_create_snapshot",
 ]
@@ -83,6 +84,19 @@ def check_file_system_id(value: str, field: str = "file_system_id", parameter: s
             parameter,
             f"The {field} {_shown(value)} is invalid. A file system id is 1 to 64 ASCII letters, "
             "digits and hyphens, starting with a letter or digit.",
+        )
+    return value
+
+
+def check_snapshot_id(value: str) -> str:
+    if not value:
+        raise MissingParameter("snapshot_id", "SnapshotId", "The snapshot_id parameter is required.")
+    if not ids.is_snapshot_id(value):
+        raise InvalidParameter(
+            "snapshot_id",
+            "SnapshotId",
+            f"The snapshot_id {_shown(value)} is invalid. A snapshot id is s-extreme- followed by "
+            "17 lowercase letters and digits.",
         )
     return value
 

@@ -7,10 +7,10 @@ import datetime
 
 import asyncpg
 
-__all__ = ["FileSystemRecord", "count", "get", "insert", "list_page", "lock", "update"]
+__all__ = ["FileSystemRecord", "count", "get", "insert", "list_page", "lock", "release", "update"]
 
 _COLUMNS = """
-    file_system_id, file_system_type, status, capacity_gib, expired_time, created_at,
+    file_system_id, file_system_type, status, capacity_gib, expired_time, created_at, released_at,
     (expired_time IS NOT NULL AND expired_time <= now()) AS expired
 """
 
@@ -23,6 +23,8 @@ class FileSystemRecord:
     capacity_gib: int
     expired_time: datetime.datetime | None
     created_at: datetime.datetime
+    # Set once the file system is released; it then counts as gone.
+    released_at: datetime.datetime | None
     # Whether the expired time had passed by the database clock when read.
     expired: bool
 
@@ -96,19 +98,20 @@ async def update(
 async def count(connection: asyncpg.Connection, file_system_ids: list[str]) -> int:
     if file_system_ids:
         return await connection.fetchval(
-            "SELECT count(*) FROM file_systems WHERE file_system_id = ANY($1::text[])", file_system_ids
+            "SELECT count(*) FROM file_systems WHERE file_system_id = ANY($1::text[]) AND released_at IS NULL",
+            file_system_ids,
         )
-    return await connection.fetchval("SELECT count(*) FROM file_systems")
+    return await connection.fetchval("SELECT count(*) FROM file_systems WHERE released_at IS NULL")
 
 
 async def list_page(
     connection: asyncpg.Connection, file_system_ids: list[str], limit: int, offset: int
 ) -> list[FileSystemRecord]:
-    """Return file systems newest first, optionally only the given ids."""
+    """Return file systems that are not released, newest first, optionally only the given ids."""
     rows = await connection.fetch(
         f"""
         SELECT {_COLUMNS} FROM file_systems
-        WHERE cardinality($1::text[]) = 0 OR file_system_id = ANY($1::text[])
+        WHERE released_at IS NULL AND (cardinality($1::text[]) = 0 OR file_system_id = ANY($1::text[]))
         ORDER BY created_at DESC, file_system_id DESC
         LIMIT $2 OFFSET $3
         """,
@@ -117,3 +120,9 @@ async def list_page(
         offset,
     )
     return [FileSystemRecord.from_row(row) for row in rows]
+
+
+async def release(connection: asyncpg.Connection, file_system_id: str) -> None:
+    await connection.execute(
+        "UPDATE file_systems SET released_at = now(), updated_at = now() WHERE file_system_id = $1", file_system_id
+    )

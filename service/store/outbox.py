@@ -2,8 +2,8 @@
 
 A message enters the outbox in the transaction that makes the change, so
 either both are committed or neither is. The relay publishes due rows to
-RabbitMQ and deletes each one once the broker confirmed it; a crash in
-between publishes the row again, which consumers tolerate.
+RabbitMQ and deletes each one once the broker confirmed it. A crash in
+between publishes the row again, so consumers must tolerate duplicates.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 
 import asyncpg
 
-__all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "claim_due", "delete", "enqueue", "reschedule"]
+__all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "claim_due", "delete", "enqueue", "enqueue_many", "reschedule"]
 
 # Channel the relay LISTENs on; a NOTIFY is sent when the transaction commits.
 NOTIFY_CHANNEL = "nas_outbox"
@@ -35,6 +35,18 @@ async def enqueue(connection: asyncpg.Connection, routing_key: str, payload: dic
     )
     await connection.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     return message_id
+
+
+async def enqueue_many(connection: asyncpg.Connection, routing_key: str, payloads: list[dict[str, object]]) -> None:
+    """Write several messages with one statement and one notification."""
+    if not payloads:
+        return
+    await connection.execute(
+        "INSERT INTO outbox (routing_key, payload) SELECT $1, unnest($2::jsonb[])",
+        routing_key,
+        [json.dumps(payload) for payload in payloads],
+    )
+    await connection.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
 async def claim_due(connection: asyncpg.Connection, limit: int) -> list[OutboxMessage]:

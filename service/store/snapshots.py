@@ -19,18 +19,25 @@ __all__ = [
     "Usage",
     "claim",
     "complete",
+    "delete_due",
+    "delete_for_release",
     "describe",
     "fail",
     "get",
+    "get_for_update",
     "heartbeat",
     "insert",
+    "mark_data_removed",
+    "mark_deleted",
+    "oldest_overdue",
     "usage",
 ]
 
 _COLUMNS = """
     snapshot_id, file_system_id, snapshot_name, description, snapshot_type, status, progress,
     remain_time, retention_days, expires_at, source_file_system_size, size_bytes, status_reason,
-    created_at, completed_at, deleted_at, lease_owner, lease_expires_at, attempts
+    created_at, completed_at, deleted_at, deletion_reason, data_removed_at, lease_owner,
+    lease_expires_at, attempts
 """
 
 
@@ -52,6 +59,9 @@ class SnapshotRecord:
     created_at: datetime.datetime
     completed_at: datetime.datetime | None
     deleted_at: datetime.datetime | None
+    # "user", "retention" or "release" once deleted.
+    deletion_reason: str | None
+    data_removed_at: datetime.datetime | None
     lease_owner: str | None
     lease_expires_at: datetime.datetime | None
     attempts: int
@@ -263,3 +273,108 @@ async def fail(connection: asyncpg.Connection, snapshot_id: str, owner: str | No
         reason,
     )
     return result == "UPDATE 1"
+
+
+async def get_for_update(connection: asyncpg.Connection, snapshot_id: str) -> SnapshotRecord | None:
+    row = await connection.fetchrow(
+        f"SELECT {_COLUMNS} FROM snapshots WHERE snapshot_id = $1 FOR UPDATE", snapshot_id
+    )
+    return SnapshotRecord.from_row(row) if row else None
+
+
+async def mark_deleted(connection: asyncpg.Connection, snapshot_id: str, reason: str) -> bool:
+    """Delete a live snapshot; return False if it was already deleted.
+
+    The lease is dropped too, so the worker creating it fails its next
+    heartbeat and stops.
+    """
+    result = await connection.execute(
+        """
+        UPDATE snapshots
+        SET deleted_at = now(), deletion_reason = $2, remain_time = 0, lease_owner = NULL, lease_expires_at = NULL
+        WHERE snapshot_id = $1 AND deleted_at IS NULL
+        """,
+        snapshot_id,
+        reason,
+    )
+    return result == "UPDATE 1"
+
+
+async def delete_due(
+    connection: asyncpg.Connection, now: datetime.datetime | None, limit: int
+) -> list[tuple[str, str]]:
+    """Delete up to `limit` snapshots whose expiry is at or before `now`, the oldest expiry first.
+
+    Rows that another transaction holds are skipped, so concurrent sweeps
+    never pick the same snapshot. `now` None means the database clock.
+    Returns (snapshot id, file system id) pairs.
+    """
+    rows = await connection.fetch(
+        """
+        WITH due AS (
+            SELECT snapshot_id FROM snapshots
+            WHERE deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= coalesce($1, now())
+            ORDER BY expires_at
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE snapshots
+        SET deleted_at = now(), deletion_reason = 'retention', remain_time = 0,
+            lease_owner = NULL, lease_expires_at = NULL
+        FROM due
+        WHERE snapshots.snapshot_id = due.snapshot_id
+        RETURNING snapshots.snapshot_id, snapshots.file_system_id
+        """,
+        now,
+        limit,
+    )
+    return [(row["snapshot_id"], row["file_system_id"]) for row in rows]
+
+
+async def oldest_overdue(connection: asyncpg.Connection, now: datetime.datetime | None) -> datetime.timedelta | None:
+    """Return how long ago the oldest live snapshot expired, or None if none is due."""
+    return await connection.fetchval(
+        """
+        SELECT coalesce($1, now()) - min(expires_at) FROM snapshots
+        WHERE deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= coalesce($1, now())
+        """,
+        now,
+    )
+
+
+async def delete_for_release(connection: asyncpg.Connection, file_system_id: str) -> list[str]:
+    """Delete the snapshots a release takes with it, and return their ids.
+
+    These are the snapshot still in creation and every snapshot whose
+    creation overlapped the file system's expired time: created by then
+    and not finished by then. Call it holding the file system's lock.
+    """
+    rows = await connection.fetch(
+        """
+        UPDATE snapshots
+        SET deleted_at = now(), deletion_reason = 'release', remain_time = 0,
+            lease_owner = NULL, lease_expires_at = NULL
+        FROM file_systems
+        WHERE snapshots.file_system_id = $1
+          AND file_systems.file_system_id = snapshots.file_system_id
+          AND snapshots.deleted_at IS NULL
+          AND (
+              snapshots.status = 'progressing'
+              OR (
+                  file_systems.expired_time IS NOT NULL
+                  AND snapshots.created_at <= file_systems.expired_time
+                  AND snapshots.completed_at > file_systems.expired_time
+              )
+          )
+        RETURNING snapshots.snapshot_id
+        """,
+        file_system_id,
+    )
+    return [row["snapshot_id"] for row in rows]
+
+
+async def mark_data_removed(connection: asyncpg.Connection, snapshot_id: str) -> None:
+    await connection.execute(
+        "UPDATE snapshots SET data_removed_at = now() WHERE snapshot_id = $1 AND deleted_at IS NOT NULL",
+        snapshot_id,
+    )

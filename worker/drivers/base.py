@@ -11,7 +11,8 @@ The control plane relies on these guarantees:
   second copy, and leftovers of an interrupted attempt are discarded
   before a new one starts. A snapshot becomes visible under its id only
   once it is complete.
-- `delete_snapshot` treats a snapshot that is already gone as deleted.
+- `delete_snapshot` and `release_file_system` treat data that is already
+  gone as deleted, so a repeated message is harmless.
 - Ids reach a driver only after `service.domain.ids` validated them, and
   drivers check them again before building a path.
 
@@ -64,6 +65,7 @@ class Progress:
 
     @property
     def percent(self) -> int:
+        """Percent done, at most 99: only the recorded completion makes it 100."""
         if self.bytes_total <= 0:
             return 0
         return min(99, self.bytes_done * 100 // self.bytes_total)
@@ -101,6 +103,10 @@ class StorageDriver(abc.ABC):
     @abc.abstractmethod
     async def delete_snapshot(self, file_system_id: str, snapshot_id: str) -> None:
         """Remove a snapshot's data; a snapshot that is gone counts as deleted."""
+
+    @abc.abstractmethod
+    async def release_file_system(self, file_system_id: str) -> None:
+        """Remove the file system's own data; its snapshots are deleted separately."""
 
     @abc.abstractmethod
     async def snapshot_exists(self, file_system_id: str, snapshot_id: str) -> bool:

@@ -165,6 +165,10 @@ class LocalDriver(StorageDriver):
         _require_snapshot_id(snapshot_id)
         await asyncio.to_thread(self._delete_snapshot, file_system_id, snapshot_id)
 
+    async def release_file_system(self, file_system_id: str) -> None:
+        _require_file_system_id(file_system_id)
+        await asyncio.to_thread(self._release_file_system, file_system_id)
+
     # Blocking implementations, run in a worker thread.
 
     def _provision_file_system(self, file_system_id: str) -> None:
@@ -322,6 +326,18 @@ class LocalDriver(StorageDriver):
             logger.info("snapshot %s of file system %s: deleted", snapshot_id, file_system_id)
         else:
             logger.debug("snapshot %s of file system %s: already deleted", snapshot_id, file_system_id)
+
+
+    def _release_file_system(self, file_system_id: str) -> None:
+        path = self._file_system_dir(file_system_id)
+        try:
+            removed = _remove_path(path)
+        except OSError as exc:
+            raise DriverError(f"could not remove file system {file_system_id} at {path}: {exc}") from exc
+        if removed:
+            logger.info("file system %s: data directory %s removed", file_system_id, path)
+        else:
+            logger.debug("file system %s: data directory %s was already gone", file_system_id, path)
 
 
 class _TreeCopier:

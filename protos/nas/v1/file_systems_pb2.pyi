@@ -75,6 +75,20 @@ class DescribeFileSystemsResponse(_message.Message):
     file_systems: _containers.RepeatedCompositeFieldContainer[FileSystem]
     def __init__(self, request_id: _Optional[str] = ..., total_count: _Optional[int] = ..., page_number: _Optional[int] = ..., page_size: _Optional[int] = ..., file_systems: _Optional[_Iterable[_Union[FileSystem, _Mapping]]] = ...) -> None: ...
 
+class ReleaseFileSystemRequest(_message.Message):
+    __slots__ = ("file_system_id",)
+    FILE_SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
+    file_system_id: str
+    def __init__(self, file_system_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseFileSystemResponse(_message.Message):
+    __slots__ = ("request_id", "deleted_snapshot_ids")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETED_SNAPSHOT_IDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    deleted_snapshot_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., deleted_snapshot_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class FileSystem(_message.Message):
     __slots__ = ("file_system_id", "file_system_type", "status", "capacity", "expired_time", "expired", "create_time")
     FILE_SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]

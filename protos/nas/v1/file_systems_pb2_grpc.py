@@ -49,6 +49,11 @@ class FileSystemServiceStub:
                 request_serializer=nas_dot_v1_dot_file__systems__pb2.DescribeFileSystemsRequest.SerializeToString,
                 response_deserializer=nas_dot_v1_dot_file__systems__pb2.DescribeFileSystemsResponse.FromString,
                 _registered_method=True)
+        self.ReleaseFileSystem = channel.unary_unary(
+                '/nas.v1.FileSystemService/ReleaseFileSystem',
+                request_serializer=nas_dot_v1_dot_file__systems__pb2.ReleaseFileSystemRequest.SerializeToString,
+                response_deserializer=nas_dot_v1_dot_file__systems__pb2.ReleaseFileSystemResponse.FromString,
+                _registered_method=True)
 
 
 class FileSystemServiceServicer:
@@ -70,7 +75,18 @@ class FileSystemServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DescribeFileSystems(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List registered file systems, newest first. Released ones are not listed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseFileSystem(self, request, context):
+        """Record that the file system is gone. Its snapshot in creation, and
+        every snapshot whose creation overlapped its expired time, are
+        deleted; snapshots finished before the expired time are kept. A
+        worker removes the file system's data. Releasing it again succeeds.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -92,6 +108,11 @@ def add_FileSystemServiceServicer_to_server(servicer, server):
                     servicer.DescribeFileSystems,
                     request_deserializer=nas_dot_v1_dot_file__systems__pb2.DescribeFileSystemsRequest.FromString,
                     response_serializer=nas_dot_v1_dot_file__systems__pb2.DescribeFileSystemsResponse.SerializeToString,
+            ),
+            'ReleaseFileSystem': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseFileSystem,
+                    request_deserializer=nas_dot_v1_dot_file__systems__pb2.ReleaseFileSystemRequest.FromString,
+                    response_serializer=nas_dot_v1_dot_file__systems__pb2.ReleaseFileSystemResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +196,33 @@ class FileSystemService:
             '/nas.v1.FileSystemService/DescribeFileSystems',
             nas_dot_v1_dot_file__systems__pb2.DescribeFileSystemsRequest.SerializeToString,
             nas_dot_v1_dot_file__systems__pb2.DescribeFileSystemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseFileSystem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nas.v1.FileSystemService/ReleaseFileSystem',
+            nas_dot_v1_dot_file__systems__pb2.ReleaseFileSystemRequest.SerializeToString,
+            nas_dot_v1_dot_file__systems__pb2.ReleaseFileSystemResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,7 +64,7 @@ class DescribeSnapshotsResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., total_count: _Optional[int] = ..., page_number: _Optional[int] = ..., page_size: _Optional[int] = ..., snapshots: _Optional[_Iterable[_Union[Snapshot, _Mapping]]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("snapshot_id", "snapshot_name", "description", "status", "progress", "remain_time", "retention_days", "snapshot_type", "source_file_system_id", "source_file_system_size", "size_bytes", "create_time", "completed_time", "status_reason")
+    __slots__ = ("snapshot_id", "snapshot_name", "description", "status", "progress", "remain_time", "retention_days", "snapshot_type", "source_file_system_id", "source_file_system_size", "size_bytes", "create_time", "completed_time", "status_reason", "expire_time")
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class Snapshot(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_TIME_FIELD_NUMBER: _ClassVar[int]
     STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     snapshot_id: str
     snapshot_name: str
     description: str
@@ -93,7 +94,8 @@ class Snapshot(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     completed_time: _timestamp_pb2.Timestamp
     status_reason: str
-    def __init__(self, snapshot_id: _Optional[str] = ..., snapshot_name: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[str] = ..., progress: _Optional[int] = ..., remain_time: _Optional[int] = ..., retention_days: _Optional[int] = ..., snapshot_type: _Optional[str] = ..., source_file_system_id: _Optional[str] = ..., source_file_system_size: _Optional[int] = ..., size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status_reason: _Optional[str] = ...) -> None: ...
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, snapshot_id: _Optional[str] = ..., snapshot_name: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[str] = ..., progress: _Optional[int] = ..., remain_time: _Optional[int] = ..., retention_days: _Optional[int] = ..., snapshot_type: _Optional[str] = ..., source_file_system_id: _Optional[str] = ..., source_file_system_size: _Optional[int] = ..., size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status_reason: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class DeleteSnapshotRequest(_message.Message):
     __slots__ = ("snapshot_id",)

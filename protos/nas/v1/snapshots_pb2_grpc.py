@@ -71,7 +71,9 @@ class SnapshotServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSnapshot(self, request, context):
-        """Delete a snapshot, or cancel one that is still being created.
+        """Delete a snapshot, or cancel one that is still being created. The
+        snapshot leaves DescribeSnapshots and the snapshot limit at once; a
+        worker removes its data afterwards. Deleting it again succeeds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
