@@ -1,9 +1,9 @@
 """The outbox relay: publishes committed outbox rows to RabbitMQ.
 
-Each pass locks a batch of due rows (`FOR UPDATE SKIP LOCKED`, so relays
-in several worker replicas never publish the same row at once), publishes
-them as persistent messages, waits for the broker's confirms, and deletes
-the confirmed rows in the same transaction. A row whose publish failed
+Each pass locks a batch of due rows with `FOR UPDATE SKIP LOCKED`, so
+relays in several worker replicas never publish the same row at once. It
+publishes them as persistent messages, waits for the broker's confirms,
+and deletes the confirmed rows in the same transaction. A row whose publish failed
 stays, with a growing delay before the next try, so a broker outage
 delays messages but loses none.
 

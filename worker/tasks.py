@@ -1,7 +1,7 @@
 """What a worker does with each message: create or delete a snapshot, provision or release a file system.
 
 A handler returns an `Outcome`. DONE means the message may be acked: the
-work is finished, failed for good, or belongs to nobody any more. RETRY
+work is finished, failed for good, or no longer needed. RETRY
 means the message goes back to the queue, because a dependency was down
 or another worker holds the snapshot's lease.
 
@@ -161,7 +161,7 @@ class SnapshotTasks:
         if current is not None and current.deleted_at is not None:
             logger.info("Snapshot was deleted while it was being created; removing its data")
             return await self.delete_snapshot(snapshot_id, file_system_id)
-        logger.warning("Snapshot was finished but another worker holds it now; result not recorded")
+        logger.warning("Snapshot was copied but another worker took over its lease; result not recorded")
         return Outcome.DONE
 
     async def _fail(self, snapshot_id: str, reason: str) -> Outcome:
