@@ -29,7 +29,7 @@ async def serve(settings: Settings) -> None:
     try:
         server = ApiServer(settings, database)
         await server.start()
-        stop = stop_on_signals()
+        stop = stop_on_signals("API")
         await stop.wait()
         await server.stop(_SHUTDOWN_GRACE)
     finally:

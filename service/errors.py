@@ -6,7 +6,8 @@ anything else becomes `InternalError`:
 
     NasError
     ├── InvalidParameter               INVALID_ARGUMENT  InvalidParameter.<Field>
-    │   └── MissingParameter           INVALID_ARGUMENT  MissingParameter.<Field>
+    │   ├── MissingParameter           INVALID_ARGUMENT  MissingParameter.<Field>
+    │   └── MalformedRequest           INVALID_ARGUMENT  InvalidParameter
     ├── NotFound                       NOT_FOUND
     │   ├── FileSystemNotFound                           InvalidFileSystem.NotFound
     │   └── SnapshotNotFound                             InvalidSnapshot.NotFound
@@ -37,6 +38,7 @@ __all__ = [
     "IncorrectFileSystemStatus",
     "InternalError",
     "InvalidParameter",
+    "MalformedRequest",
     "MissingParameter",
     "NasError",
     "NotFound",
@@ -80,6 +82,14 @@ class MissingParameter(InvalidParameter):
     prefix = "MissingParameter"
 
 
+class MalformedRequest(InvalidParameter):
+    """The request bytes are not a valid protobuf message of the method's request type."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("request", "Request", f"The request could not be parsed: {reason}")
+        self.code = "InvalidParameter"
+
+
 class NotFound(NasError):
     """The resource named in the request does not exist."""
 
@@ -88,7 +98,10 @@ class FileSystemNotFound(NotFound):
     code = "InvalidFileSystem.NotFound"
 
     def __init__(self, file_system_id: str) -> None:
-        super().__init__(f"The file system {file_system_id} does not exist.")
+        super().__init__(
+            f"The file system {file_system_id} does not exist. Check the id; file systems are added with "
+            "FileSystemService/RegisterFileSystem."
+        )
         self.file_system_id = file_system_id
 
 
@@ -96,7 +109,7 @@ class SnapshotNotFound(NotFound):
     code = "InvalidSnapshot.NotFound"
 
     def __init__(self, snapshot_id: str) -> None:
-        super().__init__(f"The snapshot {snapshot_id} does not exist.")
+        super().__init__(f"The snapshot {snapshot_id} does not exist. Check the id with DescribeSnapshots.")
         self.snapshot_id = snapshot_id
 
 

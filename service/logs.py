@@ -12,7 +12,7 @@ import contextvars
 import logging
 from collections.abc import Iterator
 
-__all__ = ["bind_ids", "configure_logging"]
+__all__ = ["ContextFilter", "bind_ids", "configure_logging"]
 
 _CONTEXT_FIELDS = ("request_id", "snapshot_id", "file_system_id")
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("nas_log_context", default={})
@@ -30,7 +30,9 @@ def bind_ids(**ids: str | None) -> Iterator[None]:
         _context.reset(token)
 
 
-class _ContextFilter(logging.Filter):
+class ContextFilter(logging.Filter):
+    """Copies the bound ids onto each record, as attributes and as the text `ids`."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         context = _context.get()
         for field in _CONTEXT_FIELDS:
@@ -43,7 +45,7 @@ class _ContextFilter(logging.Filter):
 def configure_logging(level: str) -> None:
     """Send records to stderr, one line each, with the bound ids at the end."""
     handler = logging.StreamHandler()
-    handler.addFilter(_ContextFilter())
+    handler.addFilter(ContextFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s %(ids)s"))
 
     root = logging.getLogger()

@@ -32,15 +32,15 @@ async def open_database(settings: Settings, application_name: str) -> Database:
     )
 
 
-def stop_on_signals() -> asyncio.Event:
+def stop_on_signals(process: str) -> asyncio.Event:
     """Return an event set by SIGTERM or SIGINT, so shutdown runs its steps in order."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, _request_stop, stop, signum)
+        loop.add_signal_handler(signum, _request_stop, stop, signum, process)
     return stop
 
 
-def _request_stop(stop: asyncio.Event, signum: int) -> None:
-    logger.info("Received %s; shutting down", signal.Signals(signum).name)
+def _request_stop(stop: asyncio.Event, signum: int, process: str) -> None:
+    logger.info("%s received %s; shutting down", process, signal.Signals(signum).name)
     stop.set()

@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from nas.v1 import snapshots_pb2
+from service.logs import ContextFilter
 from tests.support import error_details, new_file_system_id
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -119,3 +120,24 @@ async def test_unknown_file_system_not_found(api):
 
     assert error.code == grpc.StatusCode.NOT_FOUND
     assert error.reason == "InvalidFileSystem.NotFound"
+
+
+async def test_unparsable_bytes_rejected(api):
+    """Bytes that are not a CreateSnapshotRequest get INVALID_ARGUMENT, not UNKNOWN."""
+    raw_call = api.channel.unary_unary("/nas.v1.SnapshotService/CreateSnapshot")
+
+    error = await error_details(raw_call(b"\xff\xff\xff\xff"))
+
+    assert error.code == INVALID
+    assert error.reason == "InvalidParameter"
+    assert error.request_id
+
+
+async def test_rejection_logged_with_file_system_id(api, caplog):
+    caplog.handler.addFilter(ContextFilter())
+    file_system_id = new_file_system_id()
+
+    await error_details(api.snapshots.CreateSnapshot(snapshots_pb2.CreateSnapshotRequest(file_system_id=file_system_id)))
+
+    records = [record for record in caplog.records if record.name == "service.api.interceptor"]
+    assert any(getattr(record, "file_system_id", "") == file_system_id for record in records)

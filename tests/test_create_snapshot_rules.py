@@ -295,6 +295,7 @@ async def test_client_token_mismatch(api, changed):
 
     assert error.code == grpc.StatusCode.ALREADY_EXISTS
     assert error.reason == "IdempotentParameterMismatch"
+    assert f"different {next(iter(changed))}" in error.message
 
 
 async def test_absent_retention_equals_minus_one_for_token(api):

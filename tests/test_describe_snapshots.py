@@ -159,6 +159,8 @@ BAD_FILTERS = [
     ("file system id bad", {"file_system_id": "../x"}, "InvalidParameter.FileSystemId"),
     ("snapshot id bad", {"snapshot_ids": ["s-extreme-SHORT"]}, "InvalidParameter.SnapshotIds"),
     ("101 snapshot ids", {"snapshot_ids": ["s-extreme-" + "a" * 17] * 101}, "InvalidParameter.SnapshotIds"),
+    ("name filter NUL", {"snapshot_name": "bad name\x00"}, "InvalidParameter.SnapshotName"),
+    ("name filter too long", {"snapshot_name": "a" * 129}, "InvalidParameter.SnapshotName"),
 ]
 
 

@@ -64,6 +64,7 @@ async def test_register_again_other_values(api, changed):
 
     assert error.code == grpc.StatusCode.ALREADY_EXISTS
     assert error.reason == "InvalidFileSystem.AlreadyExists"
+    assert f"different {next(iter(changed))}" in error.message
 
 
 BAD_REGISTRATIONS = [

@@ -30,6 +30,18 @@ async def test_register_creates_directory(api, worker, data_root):
     assert list(directory.iterdir()) == []
 
 
+async def test_register_again_restores_directory(api, worker, data_root):
+    file_system_id, directory = await provisioned_file_system(api, data_root)
+    directory.rmdir()
+
+    await api.register(file_system_id)
+
+    async def restored() -> bool:
+        return directory.is_dir()
+
+    await wait_until(restored, what="the directory to be provisioned again")
+
+
 async def test_snapshot_keeps_old_content(api, worker, data_root):
     file_system_id, directory = await provisioned_file_system(api, data_root)
     (directory / "docs").mkdir()

@@ -22,7 +22,7 @@ async def run(settings: Settings) -> None:
     database = await open_database(settings, "nas-snapshots-worker")
     try:
         worker = Worker(settings, database)
-        stop = stop_on_signals()
+        stop = stop_on_signals("Worker")
         await worker.start()
         await stop.wait()
         await worker.stop(_SHUTDOWN_GRACE)

@@ -18,8 +18,8 @@ import grpc
 from grpc_status import rpc_status
 
 from service.api.status import to_rpc_status
-from service.domain.ids import new_request_id
-from service.errors import InternalError, NasError
+from service.domain.ids import is_file_system_id, is_snapshot_id, new_request_id
+from service.errors import InternalError, MalformedRequest, NasError
 from service.logs import bind_ids
 
 __all__ = ["RequestInterceptor", "current_request_id"]
@@ -54,8 +54,10 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             token = _request_id.set(request_id)
             started = time.monotonic()
             try:
-                with bind_ids(request_id=request_id):
+                with bind_ids(request_id=request_id, **_well_formed_ids(request)):
                     try:
+                        if isinstance(request, _UnparsableRequest):
+                            raise MalformedRequest(request.reason)
                         response = await inner(request, context)
                     except NasError as error:
                         logger.info("%s failed: %s", method_name, error.code)
@@ -72,9 +74,47 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             handle,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+class _UnparsableRequest:
+    """Stands in for a request whose bytes did not parse."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Wrap a request parser so that bad bytes reach the handler as an _UnparsableRequest.
+
+    grpc.aio answers a parser exception itself, with UNKNOWN and the
+    parser's text, before any interceptor code runs; this way the call
+    gets INVALID_ARGUMENT with a NAS code and a request id like any other.
+    """
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _UnparsableRequest(f"{type(exc).__name__}: {exc}")
+
+    return parse
+
+
+def _well_formed_ids(request: Any) -> dict[str, str]:
+    """Return the request's file system and snapshot ids that are safe to log."""
+    found = {}
+    file_system_id = getattr(request, "file_system_id", "")
+    if isinstance(file_system_id, str) and is_file_system_id(file_system_id):
+        found["file_system_id"] = file_system_id
+    snapshot_id = getattr(request, "snapshot_id", "")
+    if isinstance(snapshot_id, str) and is_snapshot_id(snapshot_id):
+        found["snapshot_id"] = snapshot_id
+    return found
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: NasError, request_id: str) -> None:

@@ -17,6 +17,7 @@ from service.domain.validation import (
     check_page,
     check_snapshot_id,
     check_snapshot_id_filter,
+    check_snapshot_name_filter,
     validate_create_snapshot,
 )
 from service.errors import InvalidParameter
@@ -49,7 +50,10 @@ class SnapshotService(snapshots_pb2_grpc.SnapshotServiceServicer):
             admission = await snapshot_rules.admit_snapshot(self._database, params, self._snapshot_limit)
             if not admission.replayed:
                 with bind_ids(snapshot_id=admission.snapshot_id):
-                    logger.info("Accepted snapshot, retention %d days", params.retention_days)
+                    if params.retention_days == -1:
+                        logger.info("Accepted snapshot, kept until deleted")
+                    else:
+                        logger.info("Accepted snapshot, kept for %d days", params.retention_days)
 
         return snapshots_pb2.CreateSnapshotResponse(request_id=current_request_id(), snapshot_id=admission.snapshot_id)
 
@@ -59,7 +63,7 @@ class SnapshotService(snapshots_pb2_grpc.SnapshotServiceServicer):
         where = SnapshotFilter(
             file_system_id=check_file_system_id(request.file_system_id) if request.file_system_id else None,
             snapshot_ids=check_snapshot_id_filter(list(request.snapshot_ids)) if request.snapshot_ids else None,
-            snapshot_name=request.snapshot_name or None,
+            snapshot_name=check_snapshot_name_filter(request.snapshot_name),
             snapshot_type=_choice(request.snapshot_type, SNAPSHOT_TYPES, "snapshot_type", "SnapshotType"),
             status=_choice(request.status, SNAPSHOT_STATUSES, "status", "Status"),
         )

@@ -129,17 +129,31 @@ async def register_file_system(database: Database, spec: FileSystemSpec) -> File
         raise FileSystemAlreadyExists(
             f"The file system {spec.file_system_id} was released; a released id cannot be registered again."
         )
-    same = (
-        existing.file_system_type == spec.file_system_type
-        and existing.status == spec.status
-        and existing.capacity_gib == spec.capacity_gib
-        and existing.expired_time == spec.expired_time
-    )
-    if not same:
+    registered = {
+        "file_system_type": existing.file_system_type,
+        "status": existing.status,
+        "capacity": existing.capacity_gib,
+        "expired_time": existing.expired_time,
+    }
+    requested = {
+        "file_system_type": spec.file_system_type,
+        "status": spec.status,
+        "capacity": spec.capacity_gib,
+        "expired_time": spec.expired_time,
+    }
+    differing = [name for name in registered if registered[name] != requested[name]]
+    if differing:
         raise FileSystemAlreadyExists(
-            f"The file system {spec.file_system_id} is already registered with other values. "
-            "Use UpdateFileSystem to change its status or expired time."
+            f"The file system {spec.file_system_id} is already registered with a different "
+            f"{' and '.join(differing)}. UpdateFileSystem changes the status and the expired time; "
+            "the type and capacity of a registered file system cannot change."
         )
+
+    # A repeated registration also repairs missing storage: provisioning
+    # is idempotent, and the caller may retry because the first one failed.
+    async with database.transaction() as connection:
+        await outbox.enqueue(connection, messages.PROVISION_FILE_SYSTEM, {"file_system_id": spec.file_system_id})
+    logger.info("File system %s was already registered with the same values", spec.file_system_id)
     return existing
 
 

@@ -15,6 +15,7 @@ concurrent calls interleave:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
 import asyncpg
@@ -95,9 +96,11 @@ async def _admit(connection: asyncpg.Connection, params: CreateSnapshotParams, s
         earlier = await client_tokens.find(connection, params.file_system_id, params.client_token)
         if earlier is not None:
             if earlier.fingerprint != params.fingerprint():
+                first = json.loads(earlier.fingerprint)
+                differing = [name for name, value in params.replayed_parameters().items() if first.get(name) != value]
                 raise IdempotentParameterMismatch(
-                    f"The client_token was already used on file system {params.file_system_id} with other "
-                    "parameters. Use a new token for a different request."
+                    f"The client_token was already used on file system {params.file_system_id} with a different "
+                    f"{' and '.join(differing)}. Use a new token for a different request."
                 )
             logger.info("Client token replay returns snapshot %s", earlier.snapshot_id)
             return Admission(earlier.snapshot_id, replayed=True)

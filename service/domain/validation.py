@@ -17,6 +17,7 @@ these choices hold:
 from __future__ import annotations
 
 import dataclasses
+import json
 import unicodedata
 
 from service.domain import ids
@@ -34,6 +35,7 @@ __all__ = [
     "check_page",
     "check_snapshot_id",
     "check_snapshot_id_filter",
+    "check_snapshot_name_filter",
     "validate_create_snapshot",
 ]
 
@@ -61,8 +63,15 @@ class CreateSnapshotParams:
     client_token: str | None
 
     def fingerprint(self) -> str:
-        """Return the parameters a client token replay must repeat exactly."""
-        return "\x1f".join((self.snapshot_name, self.description, str(self.retention_days)))
+        """Return, as JSON, the parameters a client token replay must repeat exactly."""
+        return json.dumps(self.replayed_parameters(), sort_keys=True)
+
+    def replayed_parameters(self) -> dict[str, object]:
+        return {
+            "snapshot_name": self.snapshot_name,
+            "description": self.description,
+            "retention_days": self.retention_days,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +88,12 @@ def check_file_system_id(value: str, field: str = "file_system_id", parameter: s
     if not value:
         raise MissingParameter(field, parameter, f"The {field} parameter is required.")
     if not ids.is_file_system_id(value):
+        where = "" if field == "file_system_id" else f" in {field}"
         raise InvalidParameter(
             field,
             parameter,
-            f"The {field} {_shown(value)} is invalid. A file system id is 1 to 64 ASCII letters, "
-            "digits and hyphens, starting with a letter or digit.",
+            f"The file system id {_shown(value)}{where} is invalid. A file system id is 1 to 64 ASCII "
+            "letters, digits and hyphens, starting with a letter or digit.",
         )
     return value
 
@@ -113,8 +123,8 @@ def check_snapshot_id_filter(values: list[str]) -> list[str]:
             raise InvalidParameter(
                 "snapshot_ids",
                 "SnapshotIds",
-                f"The snapshot id {_shown(value)} is invalid. A snapshot id is s-extreme- followed by "
-                "17 lowercase letters and digits.",
+                f"The snapshot id {_shown(value)} in snapshot_ids is invalid. A snapshot id is s-extreme- "
+                "followed by 17 lowercase letters and digits.",
             )
     return list(dict.fromkeys(values))
 
@@ -173,7 +183,7 @@ def _check_snapshot_name(name: str) -> None:
         return InvalidParameter("snapshot_name", "SnapshotName", f"The snapshot_name {_shown(name)} is invalid: {reason}")
 
     if not 2 <= len(name) <= 128:
-        raise invalid(f"it has {len(name)} characters; a name has 2 to 128.")
+        raise invalid(f"it is {_characters(len(name))} long, but a name is 2 to 128 characters.")
     if name.lower().startswith(_URL_PREFIXES):
         raise invalid("a name cannot start with http:// or https://.")
     if name[:4].lower() == "auto":
@@ -193,7 +203,7 @@ def _check_description(description: str) -> None:
         return InvalidParameter("description", "Description", f"The description is invalid: {reason}")
 
     if not 2 <= len(description) <= 256:
-        raise invalid(f"it has {len(description)} characters; a description has 2 to 256.")
+        raise invalid(f"it is {_characters(len(description))} long, but a description is 2 to 256 characters.")
     if description.lower().startswith(_URL_PREFIXES):
         raise invalid("a description cannot start with http:// or https://.")
     for character in description:
@@ -210,6 +220,28 @@ def _check_client_token(token: str) -> None:
             "ClientToken",
             f"The client_token is invalid: it must be 1 to {MAX_CLIENT_TOKEN_LENGTH} printable ASCII characters.",
         )
+
+
+def check_snapshot_name_filter(name: str) -> str | None:
+    """Validate a DescribeSnapshots name filter; None means no filter.
+
+    A filter is not held to the naming rules, since it only matches, but
+    it may not hold what a stored name never can.
+    """
+    if not name:
+        return None
+    if len(name) > 128 or any(unicodedata.category(character) == "Cc" for character in name):
+        raise InvalidParameter(
+            "snapshot_name",
+            "SnapshotName",
+            f"The snapshot_name filter {_shown(name)} is invalid: it must be at most 128 characters "
+            "without control characters.",
+        )
+    return name
+
+
+def _characters(count: int) -> str:
+    return "1 character" if count == 1 else f"{count} characters"
 
 
 def _is_letter(character: str) -> bool:
