@@ -41,6 +41,24 @@ class Settings:
     database_timeout: float = 10.0
     # Seconds between two retention sweeps in each worker.
     sweep_interval: float = 60.0
+    # Seconds a worker's claim on a snapshot lasts unless renewed; a
+    # creation whose worker died is taken over this long after its last
+    # renewal.
+    lease_seconds: float = 30.0
+    # Creation attempts (claims by a worker, and deliveries of the message
+    # that failed) before a snapshot is marked failed.
+    max_attempts: int = 5
+    # Seconds after which a snapshot still in creation is marked failed.
+    max_creation_seconds: float = 86400.0
+    # Bytes per second the local driver may copy; 0 means no limit.
+    copy_bandwidth: int = 0
+    # "text" for people, "json" for log collectors: one object per line.
+    log_format: str = "text"
+    # HOST:PORT for Prometheus metrics over HTTP; empty turns them off.
+    metrics_address: str = ""
+    # HOST:PORT of a plaintext gRPC server that carries only the health
+    # service, for probes that cannot use the API port; empty turns it off.
+    health_address: str = ""
     # Apply schema migrations when a process starts; turn off when a
     # separate migration step runs them.
     migrate_on_start: bool = True
@@ -99,13 +117,22 @@ class Settings:
             raise SettingsError("NAS_AMQP_URL must be an amqp:// or amqps:// URL.")
 
         grpc_address = text("NAS_GRPC_ADDRESS", defaults.grpc_address)
-        host, separator, port = grpc_address.rpartition(":")
-        if not separator or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise SettingsError(f"NAS_GRPC_ADDRESS={grpc_address!r} is not HOST:PORT, for example 127.0.0.1:50051.")
+        _check_address("NAS_GRPC_ADDRESS", grpc_address)
 
         driver = text("NAS_DRIVER", defaults.driver)
         if driver not in ("local",):
             raise SettingsError(f"NAS_DRIVER={driver!r} is not a known storage driver; expected local.")
+
+        log_format = text("NAS_LOG_FORMAT", defaults.log_format).lower()
+        if log_format not in ("text", "json"):
+            raise SettingsError(f"NAS_LOG_FORMAT={log_format!r} is not text or json.")
+
+        metrics_address = text("NAS_METRICS_ADDRESS", "")
+        if metrics_address:
+            _check_address("NAS_METRICS_ADDRESS", metrics_address)
+        health_address = text("NAS_HEALTH_ADDRESS", "")
+        if health_address:
+            _check_address("NAS_HEALTH_ADDRESS", health_address)
 
         log_level = text("NAS_LOG_LEVEL", defaults.log_level).upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -122,6 +149,19 @@ class Settings:
             database_pool_size=integer("NAS_DATABASE_POOL_SIZE", defaults.database_pool_size, 1, 1_000),
             database_timeout=number("NAS_DATABASE_TIMEOUT", defaults.database_timeout, 0.1),
             sweep_interval=number("NAS_SWEEP_INTERVAL", defaults.sweep_interval, 1.0),
+            lease_seconds=number("NAS_LEASE_SECONDS", defaults.lease_seconds, 2.0),
+            max_attempts=integer("NAS_MAX_ATTEMPTS", defaults.max_attempts, 1, 100),
+            max_creation_seconds=number("NAS_MAX_CREATION_SECONDS", defaults.max_creation_seconds, 10.0),
+            copy_bandwidth=integer("NAS_COPY_BANDWIDTH", defaults.copy_bandwidth, 0, 1 << 50),
+            log_format=log_format,
+            metrics_address=metrics_address,
+            health_address=health_address,
             migrate_on_start=boolean("NAS_MIGRATE_ON_START", defaults.migrate_on_start),
             log_level=log_level,
         )
+
+
+def _check_address(name: str, address: str) -> None:
+    host, separator, port = address.rpartition(":")
+    if not separator or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{name}={address!r} is not HOST:PORT, for example 127.0.0.1:50051.")

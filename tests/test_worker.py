@@ -97,7 +97,7 @@ async def test_redelivery_makes_no_second_copy(api, worker, data_root, amqp_url)
         body = json.dumps({"snapshot_id": response.snapshot_id, "file_system_id": file_system_id}).encode()
         await exchange.publish(aio_pika.Message(body), routing_key=messages.CREATE_SNAPSHOT)
         queue = await channel.declare_queue(
-            topology.queue_name(messages.CREATE_SNAPSHOT), durable=True, arguments={"x-queue-type": "quorum"}
+            topology.queue_name(messages.CREATE_SNAPSHOT), durable=True, arguments=topology.work_queue_arguments()
         )
 
         async def drained() -> bool:

@@ -13,18 +13,23 @@ import contextlib
 import json
 import logging
 import os
+import random
 import socket
 import uuid
+from collections.abc import Awaitable
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from service import messages
+from service.domain import ids
+from service.errors import ServiceUnavailable
 from service.settings import Settings
 from service.store.database import Database
 from worker import topology
 from worker.drivers import create_driver
 from worker.drivers.base import StorageDriver
+from worker.reaper import Reaper
 from worker.relay import OutboxRelay
 from worker.sweeper import RetentionSweeper
 from worker.tasks import Outcome, SnapshotTasks
@@ -33,8 +38,10 @@ __all__ = ["Worker"]
 
 logger = logging.getLogger(__name__)
 
-# Seconds before a message that could not be handled now goes back to its queue.
-_RETRY_DELAY = 2.0
+# Longest wait, in seconds, before a failed message goes back to its queue.
+_MAX_RETRY_DELAY = 30.0
+# Seconds an ack, nack or reject may take before the worker stops waiting.
+_SETTLE_TIMEOUT = 10.0
 _CONNECT_ATTEMPTS = 30
 _CONNECT_DELAY = 2.0
 
@@ -54,7 +61,13 @@ class Worker:
         self._run_relay = run_relay
         self._run_sweeper = run_sweeper
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._tasks = SnapshotTasks(database, driver or create_driver(settings), self.owner)
+        self._tasks = SnapshotTasks(
+            database,
+            driver or create_driver(settings),
+            self.owner,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
         self._connection: AbstractRobustConnection | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -73,6 +86,13 @@ class Worker:
         if self._run_sweeper:
             sweeper = RetentionSweeper(self._database, interval=self._settings.sweep_interval)
             self._background.append(asyncio.create_task(sweeper.run(), name="retention-sweeper"))
+            reaper = Reaper(
+                self._database,
+                interval=max(1.0, self._settings.lease_seconds / 3),
+                max_attempts=self._settings.max_attempts,
+                max_creation_seconds=self._settings.max_creation_seconds,
+            )
+            self._background.append(asyncio.create_task(reaper.run(), name="reaper"))
 
         # Another consumes; prefetch bounds the creations this process runs at once.
         consume_channel = await self._connection.channel()
@@ -124,38 +144,103 @@ class Worker:
             self._in_flight.discard(task)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        routing_key = message.routing_key or ""
+        attempt = _delivery_attempt(message)
+
+        # A message this worker cannot read will never succeed: dead-letter it.
         try:
-            payload = json.loads(message.body)
-            outcome = await self._dispatch(message.routing_key or "", payload)
-        except (ValueError, KeyError, TypeError) as exc:
-            # A message this worker cannot read will never succeed: drop it.
-            logger.error("Rejecting unreadable message %s on %s: %s", message.message_id, message.routing_key, exc)
-            await message.reject(requeue=False)
+            payload = _parse(routing_key, message.body)
+        except ValueError as exc:
+            logger.error("Dead-lettering unreadable message %s on %s: %s", message.message_id, routing_key, exc)
+            await _settle(message.reject(requeue=False))
             return
+
+        try:
+            outcome = await self._tasks.handle(routing_key, payload)
         except asyncio.CancelledError:
             # Shutdown: the broker redelivers the message to another worker.
-            await _nack_quietly(message)
+            await _settle(message.nack(requeue=True))
             raise
-        except Exception:
-            logger.exception("Unexpected error handling message %s; it will be retried", message.message_id)
-            outcome = Outcome.RETRY
+        except Exception as exc:
+            logger.exception("Unexpected error handling message %s on %s", message.message_id, routing_key)
+            outcome = Outcome(retry=True, reason=f"internal error: {type(exc).__name__}")
 
-        if outcome is Outcome.DONE:
-            await message.ack()
-        else:
-            await asyncio.sleep(_RETRY_DELAY)
-            await message.nack(requeue=True)
+        if not outcome.retry:
+            await _settle(message.ack())
+            return
 
-    async def _dispatch(self, routing_key: str, payload: dict[str, str]) -> Outcome:
-        if routing_key == messages.CREATE_SNAPSHOT:
-            return await self._tasks.create_snapshot(payload["snapshot_id"], payload["file_system_id"])
-        if routing_key == messages.DELETE_SNAPSHOT:
-            return await self._tasks.delete_snapshot(payload["snapshot_id"], payload["file_system_id"])
-        if routing_key == messages.PROVISION_FILE_SYSTEM:
-            return await self._tasks.provision_file_system(payload["file_system_id"])
-        if routing_key == messages.RELEASE_FILE_SYSTEM:
-            return await self._tasks.release_file_system(payload["file_system_id"])
-        raise KeyError(f"unknown routing key {routing_key!r}")
+        # Out of attempts: record the failure, then dead-letter the message.
+        if outcome.counts_as_attempt and attempt >= self._settings.max_attempts:
+            try:
+                await self._tasks.give_up(routing_key, payload, outcome.reason, attempt)
+            except ServiceUnavailable:
+                logger.warning("Cannot record the final failure while the database is unavailable; requeueing")
+                await asyncio.sleep(_backoff(attempt))
+                await _settle(message.nack(requeue=True))
+                return
+            logger.error("Dead-lettering message %s on %s after %d attempts", message.message_id, routing_key, attempt)
+            await _settle(message.reject(requeue=False))
+            return
+
+        delay = _backoff(attempt)
+        logger.info(
+            "Retrying message %s on %s in %.1f s (attempt %d of %d): %s",
+            message.message_id,
+            routing_key,
+            delay,
+            attempt,
+            self._settings.max_attempts,
+            outcome.reason,
+        )
+        # NOTE: the message keeps its prefetch slot while it waits.
+        await asyncio.sleep(delay)
+        await _settle(message.nack(requeue=True))
+
+
+def _parse(routing_key: str, body: bytes) -> dict[str, str]:
+    """Return the message's ids, or raise ValueError for a message no worker can handle."""
+    required = _REQUIRED_FIELDS.get(routing_key)
+    if required is None:
+        raise ValueError(f"unknown routing key {routing_key!r}")
+    payload = json.loads(body)
+    if not isinstance(payload, dict):
+        raise ValueError("the body is not a JSON object")
+    for field, check in required.items():
+        value = payload.get(field)
+        if not isinstance(value, str) or not check(value):
+            raise ValueError(f"{field} is missing or invalid: {value!r}")
+    return {field: payload[field] for field in required}
+
+
+_REQUIRED_FIELDS = {
+    messages.CREATE_SNAPSHOT: {"snapshot_id": ids.is_snapshot_id, "file_system_id": ids.is_file_system_id},
+    messages.DELETE_SNAPSHOT: {"snapshot_id": ids.is_snapshot_id, "file_system_id": ids.is_file_system_id},
+    messages.PROVISION_FILE_SYSTEM: {"file_system_id": ids.is_file_system_id},
+    messages.RELEASE_FILE_SYSTEM: {"file_system_id": ids.is_file_system_id},
+}
+
+
+def _delivery_attempt(message: AbstractIncomingMessage) -> int:
+    """Return which delivery of the message this is, from 1; quorum queues count earlier ones."""
+    earlier = (message.headers or {}).get("x-delivery-count", 0)
+    return (earlier if isinstance(earlier, int) else 0) + 1
+
+
+def _backoff(attempt: int) -> float:
+    """Return the seconds before a retry: doubling from 1 s, at most 30 s, with jitter."""
+    return min(_MAX_RETRY_DELAY, 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+async def _settle(acknowledgement: Awaitable[object]) -> None:
+    """Send an ack, nack or reject, tolerating a channel that closed meanwhile.
+
+    After a reconnect the broker has already requeued the message, and it
+    comes back to a worker, whose handlers are idempotent.
+    """
+    try:
+        await asyncio.wait_for(acknowledgement, _SETTLE_TIMEOUT)
+    except (aio_pika.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, TimeoutError, RuntimeError) as exc:
+        logger.warning("Could not settle a message; the broker will redeliver it: %s", exc)
 
 
 async def _connect(url: str, name: str) -> AbstractRobustConnection:
@@ -170,6 +255,3 @@ async def _connect(url: str, name: str) -> AbstractRobustConnection:
     raise AssertionError("the loop returns or raises")
 
 
-async def _nack_quietly(message: AbstractIncomingMessage) -> None:
-    with contextlib.suppress(Exception):
-        await message.nack(requeue=True)

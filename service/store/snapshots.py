@@ -30,6 +30,9 @@ __all__ = [
     "mark_data_removed",
     "mark_deleted",
     "oldest_overdue",
+    "redrive",
+    "release_lease",
+    "stale_creations",
     "usage",
 ]
 
@@ -37,7 +40,7 @@ _COLUMNS = """
     snapshot_id, file_system_id, snapshot_name, description, snapshot_type, status, progress,
     remain_time, retention_days, expires_at, source_file_system_size, size_bytes, status_reason,
     created_at, completed_at, deleted_at, deletion_reason, data_removed_at, lease_owner,
-    lease_expires_at, attempts
+    lease_expires_at, attempts, last_error, redriven_at
 """
 
 
@@ -64,7 +67,10 @@ class SnapshotRecord:
     data_removed_at: datetime.datetime | None
     lease_owner: str | None
     lease_expires_at: datetime.datetime | None
+    # Claims by a worker so far.
     attempts: int
+    last_error: str | None
+    redriven_at: datetime.datetime | None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> SnapshotRecord:
@@ -376,5 +382,66 @@ async def delete_for_release(connection: asyncpg.Connection, file_system_id: str
 async def mark_data_removed(connection: asyncpg.Connection, snapshot_id: str) -> None:
     await connection.execute(
         "UPDATE snapshots SET data_removed_at = now() WHERE snapshot_id = $1 AND deleted_at IS NOT NULL",
+        snapshot_id,
+    )
+
+
+async def release_lease(connection: asyncpg.Connection, snapshot_id: str, owner: str, last_error: str) -> bool:
+    """Give up the caller's lease so the next attempt can claim at once, recording why."""
+    result = await connection.execute(
+        """
+        UPDATE snapshots SET lease_owner = NULL, lease_expires_at = NULL, last_error = $3
+        WHERE snapshot_id = $1 AND lease_owner = $2 AND status = 'progressing'
+        """,
+        snapshot_id,
+        owner,
+        last_error,
+    )
+    return result == "UPDATE 1"
+
+
+async def stale_creations(
+    connection: asyncpg.Connection, unclaimed_grace_seconds: float, limit: int
+) -> list[SnapshotRecord]:
+    """Lock creations that have no live owner, skipping rows other reapers hold.
+
+    These are creations whose lease expired (their worker died or stalled),
+    and creations nobody claimed for `unclaimed_grace_seconds` although no
+    creation message waits in the outbox (their message was lost). Call it
+    in a transaction: the rows stay locked until it ends.
+    """
+    rows = await connection.fetch(
+        f"""
+        SELECT {_COLUMNS} FROM snapshots
+        WHERE status = 'progressing' AND deleted_at IS NULL
+          AND (
+              lease_expires_at < now()
+              OR (
+                  lease_owner IS NULL
+                  AND coalesce(redriven_at, created_at) < now() - make_interval(secs => $1)
+                  AND NOT EXISTS (
+                      SELECT 1 FROM outbox
+                      WHERE outbox.payload ->> 'snapshot_id' = snapshots.snapshot_id
+                        AND outbox.routing_key = 'snapshot.create'
+                  )
+              )
+          )
+        ORDER BY created_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+        """,
+        unclaimed_grace_seconds,
+        limit,
+    )
+    return [SnapshotRecord.from_row(row) for row in rows]
+
+
+async def redrive(connection: asyncpg.Connection, snapshot_id: str) -> None:
+    """Clear the lease of a progressing snapshot and note the time, before a new creation message."""
+    await connection.execute(
+        """
+        UPDATE snapshots SET lease_owner = NULL, lease_expires_at = NULL, redriven_at = now()
+        WHERE snapshot_id = $1 AND status = 'progressing' AND deleted_at IS NULL
+        """,
         snapshot_id,
     )
