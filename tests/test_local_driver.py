@@ -694,3 +694,20 @@ def delete_without_dac_override(driver: LocalDriver) -> None:
         timeout=60,
     )
     assert completed.returncode == 0, completed.stderr
+
+
+async def test_bandwidth_limit_slows_copy(tmp_path):
+    """A 1 MiB tree at 4 MiB/s takes at least about a quarter second, and the copy is intact."""
+    driver = LocalDriver(tmp_path / "root", copy_bandwidth=4 * 1024 * 1024)
+    await driver.provision_file_system("extreme-bandwidth")
+    source = tmp_path / "root" / "file-systems" / "extreme-bandwidth"
+    payload = os.urandom(1024 * 1024)
+    (source / "blob").write_bytes(payload)
+
+    started = time.monotonic()
+    result = await driver.create_snapshot("extreme-bandwidth", "s-extreme-" + "b" * 17, lambda _: None, threading.Event())
+    elapsed = time.monotonic() - started
+
+    assert result.size_bytes == len(payload)
+    assert elapsed >= 0.2
+    assert (tmp_path / "root" / "snapshots" / "extreme-bandwidth" / ("s-extreme-" + "b" * 17) / "blob").read_bytes() == payload

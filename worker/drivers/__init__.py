@@ -12,5 +12,5 @@ def create_driver(settings: Settings) -> StorageDriver:
     if settings.driver == "local":
         from worker.drivers.local import LocalDriver
 
-        return LocalDriver(settings.data_root)
+        return LocalDriver(settings.data_root, copy_bandwidth=settings.copy_bandwidth)
     raise ValueError(f"unknown storage driver {settings.driver!r}")

@@ -82,8 +82,11 @@ class LocalDriver(StorageDriver):
     # Minimum seconds between two progress reports while a snapshot is copied.
     progress_interval_seconds: float = 0.2
 
-    def __init__(self, data_root: pathlib.Path) -> None:
+    def __init__(self, data_root: pathlib.Path, copy_bandwidth: int = 0) -> None:
         self.data_root = pathlib.Path(data_root)
+        # Bytes per second a copy may read, so that snapshots leave I/O for
+        # the file system's users; 0 means no limit.
+        self.copy_bandwidth = copy_bandwidth
 
     # Paths. Each of these validates the ids it is given before building a path.
 
@@ -219,7 +222,9 @@ class LocalDriver(StorageDriver):
 
         logger.info("snapshot %s of file system %s: copying %s", snapshot_id, file_system_id, source)
         started = time.monotonic()
-        copier = _TreeCopier(file_system_id, snapshot_id, on_progress, stop_events, self.progress_interval_seconds)
+        copier = _TreeCopier(
+            file_system_id, snapshot_id, on_progress, stop_events, self.progress_interval_seconds, self.copy_bandwidth
+        )
         try:
             size = copier.copy_tree(str(source), str(partial))
             copier.current_path = str(partial)
@@ -355,8 +360,10 @@ class _TreeCopier:
         on_progress: ProgressCallback,
         stop_events: Sequence[threading.Event],
         progress_interval_seconds: float,
+        bandwidth: int = 0,
     ) -> None:
         self.file_system_id = file_system_id
+        self.bandwidth = bandwidth
         self.snapshot_id = snapshot_id
         self.on_progress = on_progress
         self.stop_events = stop_events
@@ -656,6 +663,7 @@ class _TreeCopier:
 
     def _add_progress(self, copied: int) -> None:
         self.bytes_done += copied
+        self._throttle()
         now = time.monotonic()
         if now - self._last_report < self.progress_interval_seconds:
             return
@@ -663,6 +671,17 @@ class _TreeCopier:
         self.on_progress(
             Progress(bytes_done=self.bytes_done, bytes_total=self.bytes_total, remain_seconds=self._remain_seconds(now))
         )
+
+    def _throttle(self) -> None:
+        """Sleep while the copy is ahead of its bandwidth, checking for cancellation."""
+        if self.bandwidth <= 0:
+            return
+        while True:
+            ahead = self.bytes_done / self.bandwidth - (time.monotonic() - self._started)
+            if ahead <= 0:
+                return
+            self.check_cancel()
+            time.sleep(min(ahead, 0.1))
 
     def _remain_seconds(self, now: float) -> int | None:
         """Estimate the seconds left from the average copy rate so far."""
