@@ -50,3 +50,20 @@ ensure_rabbitmq() {
     done
     die "RabbitMQ started but does not accept connections on 127.0.0.1:5672."
 }
+
+# The btrfs driver tests need mkfs.btrfs and the btrfs command (btrfs-progs),
+# and root for loop devices and mounts. They skip themselves without these,
+# so a failed install is only reported.
+ensure_btrfs_tools() {
+    if command -v mkfs.btrfs >/dev/null; then return; fi
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        say "Installing btrfs-progs for the btrfs driver tests"
+        if DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq btrfs-progs >/dev/null; then
+            return
+        fi
+        say "Installing btrfs-progs failed; the btrfs driver tests will be skipped."
+        return
+    fi
+    say "mkfs.btrfs is not installed, and installing btrfs-progs needs root and apt-get; the btrfs driver tests will be skipped."
+}

@@ -120,8 +120,8 @@ class Settings:
         _check_address("NAS_GRPC_ADDRESS", grpc_address)
 
         driver = text("NAS_DRIVER", defaults.driver)
-        if driver not in ("local",):
-            raise SettingsError(f"NAS_DRIVER={driver!r} is not a known storage driver; expected local.")
+        if driver not in ("local", "btrfs"):
+            raise SettingsError(f"NAS_DRIVER={driver!r} is not a known storage driver; expected local or btrfs.")
 
         log_format = text("NAS_LOG_FORMAT", defaults.log_format).lower()
         if log_format not in ("text", "json"):
