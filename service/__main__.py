@@ -14,6 +14,7 @@ import sys
 
 from service.api.server import ApiServer
 from service.logs import configure_logging
+from service.metrics import serve_metrics
 from service.runtime import open_database, stop_on_signals
 from service.settings import Settings, SettingsError
 from service.store.migrate import apply_migrations, create_database_if_missing
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"nas-snapshots: invalid setting: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.metrics_address and arguments.command == "serve":
+        serve_metrics(settings.metrics_address)
 
     try:
         asyncio.run(serve(settings) if arguments.command == "serve" else migrate(settings))

@@ -16,7 +16,8 @@ anything else becomes `InternalError`:
     │   └── IdempotentParameterMismatch                  IdempotentParameterMismatch
     ├── FailedPrecondition             FAILED_PRECONDITION
     │   ├── FileSystemTypeNotSupported                   InvalidFileSystemType.NotSupported
-    │   └── IncorrectFileSystemStatus                    Instance.IncorrectStatus
+    │   ├── IncorrectFileSystemStatus                    Instance.IncorrectStatus
+    │   └── IncorrectSnapshotStatus                      InvalidSnapshot.IncorrectStatus
     ├── SnapshotQuotaExceeded          RESOURCE_EXHAUSTED QuotaExceeded.Snapshot
     ├── SnapshotCreating               ABORTED           OperationConflict.SnapshotCreating
     ├── ServiceUnavailable             UNAVAILABLE       ServiceUnavailable
@@ -36,6 +37,7 @@ __all__ = [
     "FileSystemTypeNotSupported",
     "IdempotentParameterMismatch",
     "IncorrectFileSystemStatus",
+    "IncorrectSnapshotStatus",
     "InternalError",
     "InvalidParameter",
     "MalformedRequest",
@@ -135,6 +137,10 @@ class FileSystemTypeNotSupported(FailedPrecondition):
 
 class IncorrectFileSystemStatus(FailedPrecondition):
     code = "Instance.IncorrectStatus"
+
+
+class IncorrectSnapshotStatus(FailedPrecondition):
+    code = "InvalidSnapshot.IncorrectStatus"
 
 
 class SnapshotQuotaExceeded(NasError):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
+import json
 import logging
 from collections.abc import Iterator
 
-__all__ = ["ContextFilter", "bind_ids", "configure_logging"]
+__all__ = ["ContextFilter", "JsonFormatter", "bind_ids", "configure_logging"]
 
 _CONTEXT_FIELDS = ("request_id", "snapshot_id", "file_system_id")
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("nas_log_context", default={})
@@ -42,11 +44,33 @@ class ContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
-    """Send records to stderr, one line each, with the bound ids at the end."""
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in _CONTEXT_FIELDS:
+            value = getattr(record, field, "")
+            if value:
+                entry[field] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Send records to stderr, one line each: text with the bound ids at the end, or JSON."""
     handler = logging.StreamHandler()
     handler.addFilter(ContextFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s %(ids)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s %(ids)s"))
 
     root = logging.getLogger()
     root.handlers[:] = [handler]

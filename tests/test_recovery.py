@@ -227,3 +227,40 @@ async def test_reaper_fails_creation_past_attempts(api, database, database_url):
     snapshot = await describe_one(api, snapshot_id)
     assert snapshot.status == "failed"
     assert "after 5 attempts: disk full" in snapshot.status_reason
+
+
+class ProvisionFailingDriver(LocalDriver):
+    async def provision_file_system(self, file_system_id):
+        raise DriverError(f"cannot create storage for {file_system_id}: read-only file system")
+
+
+async def test_dead_letters_replayed(api, settings, database, data_root, amqp_url):
+    """Work dead-lettered while storage was broken succeeds once replayed."""
+    from worker.dead_letters import replay_dead_letters
+
+    broken = Worker(dataclasses.replace(settings, max_attempts=2), database, driver=ProvisionFailingDriver(data_root))
+    await broken.start()
+    try:
+        file_system_id = await api.register()
+
+        async def dead_lettered() -> bool:
+            return any(body.get("file_system_id") == file_system_id for body in await dead_letters(amqp_url))
+
+        await wait_until(dead_lettered, timeout=30, what="the provision message to be dead-lettered")
+    finally:
+        await broken.stop(grace=5)
+
+    healthy = Worker(settings, database)
+    await healthy.start()
+    try:
+        replayed = await replay_dead_letters(settings.amqp_url)
+
+        async def provisioned() -> bool:
+            return (data_root / "file-systems" / file_system_id).is_dir()
+
+        await wait_until(provisioned, timeout=30, what="the replayed message to provision storage")
+    finally:
+        await healthy.stop(grace=5)
+
+    assert replayed >= 1
+    assert not any(body.get("file_system_id") == file_system_id for body in await dead_letters(amqp_url))

@@ -162,3 +162,39 @@ async def test_progress_visible_while_creating(api, settings, database, data_roo
 
     assert any(0 < progress < 100 and remain > 0 for progress, remain in seen)
     assert final.status == "accomplished"
+
+
+async def test_creation_waits_for_provisioning(api, settings, database, data_root, database_url):
+    """A creation message that overtakes the provisioning message waits instead of failing."""
+    file_system_id = await api.register()
+    snapshot_id = (
+        await api.snapshots.CreateSnapshot(snapshots_pb2.CreateSnapshotRequest(file_system_id=file_system_id))
+    ).snapshot_id
+    connection = await asyncpg.connect(database_url)
+    try:
+        # Hold the provisioning message back, as a slow queue would.
+        await connection.execute(
+            "DELETE FROM outbox WHERE routing_key = 'file_system.provision' AND payload->>'file_system_id' = $1",
+            file_system_id,
+        )
+    finally:
+        await connection.close()
+
+    worker = Worker(settings, database)
+    await worker.start()
+    try:
+        async def retried() -> bool:
+            check = await asyncpg.connect(database_url)
+            try:
+                error = await check.fetchval("SELECT last_error FROM snapshots WHERE snapshot_id = $1", snapshot_id)
+            finally:
+                await check.close()
+            return error is not None and "not provisioned" in error
+
+        await wait_until(retried, what="the creation to wait for provisioning")
+        await api.register(file_system_id)
+        snapshot = await wait_for_status(api, snapshot_id, timeout=60)
+    finally:
+        await worker.stop(grace=5)
+
+    assert snapshot.status == "accomplished"

@@ -1,15 +1,23 @@
-"""Run the workers: `python -m worker` consumes RabbitMQ messages until SIGTERM."""
+"""Run the workers: `python -m worker` consumes RabbitMQ messages until SIGTERM.
+
+`python -m worker replay-dead-letters [--limit N]` moves dead-lettered
+messages back to their work queues and exits.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
 
 from service.logs import configure_logging
+from service.metrics import serve_metrics
 from service.runtime import open_database, stop_on_signals
 from service.settings import Settings, SettingsError
 from worker.app import Worker
+from worker.dead_letters import replay_dead_letters
+from worker.drivers.base import DriverUnavailable
 
 logger = logging.getLogger("worker")
 
@@ -30,16 +38,31 @@ async def run(settings: Settings) -> None:
         await database.close()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", choices=("run", "replay-dead-letters"), default="run")
+    parser.add_argument("--limit", type=int, default=None, help="replay at most this many messages")
+    arguments = parser.parse_args(argv)
+
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"nas-snapshots worker: invalid setting: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.metrics_address and arguments.command == "run":
+        serve_metrics(settings.metrics_address)
+
+    if arguments.command == "replay-dead-letters":
+        replayed = asyncio.run(replay_dead_letters(settings.amqp_url, arguments.limit))
+        logger.info("Replayed %d dead-lettered messages", replayed)
+        return 0
 
     try:
         asyncio.run(run(settings))
+    except DriverUnavailable as exc:
+        logger.error("Cannot start the %s storage driver: %s", settings.driver, exc)
+        return 1
     except (OSError, TimeoutError) as exc:
         logger.error("Cannot reach a dependency: %s. Are PostgreSQL and RabbitMQ running?", exc)
         return 1

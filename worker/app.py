@@ -21,7 +21,7 @@ from collections.abc import Awaitable
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
-from service import messages
+from service import messages, metrics
 from service.domain import ids
 from service.errors import ServiceUnavailable
 from service.settings import Settings
@@ -29,6 +29,8 @@ from service.store.database import Database
 from worker import topology
 from worker.drivers import create_driver
 from worker.drivers.base import StorageDriver
+from service.health import HealthReporter
+from worker.gauges import refresh_gauges
 from worker.reaper import Reaper
 from worker.relay import OutboxRelay
 from worker.sweeper import RetentionSweeper
@@ -38,7 +40,7 @@ __all__ = ["Worker"]
 
 logger = logging.getLogger(__name__)
 
-# Longest wait, in seconds, before a failed message goes back to its queue.
+# Maximum wait, in seconds, before a failed message goes back to its queue.
 _MAX_RETRY_DELAY = 30.0
 # Seconds an ack, nack or reject may take before the worker stops waiting.
 _SETTLE_TIMEOUT = 10.0
@@ -72,6 +74,7 @@ class Worker:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
+        self._health = HealthReporter(self._ready, process="Worker")
 
     async def start(self) -> None:
         # Connect; a broker that is down at start is waited for, with a log line per try.
@@ -94,6 +97,10 @@ class Worker:
             )
             self._background.append(asyncio.create_task(reaper.run(), name="reaper"))
 
+        self._background.append(
+            asyncio.create_task(refresh_gauges(self._database, publish_channel), name="gauges")
+        )
+
         # Another consumes; prefetch bounds the creations this process runs at once.
         consume_channel = await self._connection.channel()
         await consume_channel.set_qos(prefetch_count=self._settings.worker_concurrency)
@@ -103,9 +110,12 @@ class Worker:
             self._consumers.append((queue, tag))
             logger.info("Consuming %s", queue.name)
 
+        await self._health.start(self._settings.health_address)
         logger.info("Worker %s started with driver %s", self.owner, self._settings.driver)
 
     async def stop(self, grace: float) -> None:
+        await self._health.stop()
+
         # Stop deliveries first, so the drain below has an end.
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
@@ -134,6 +144,11 @@ class Worker:
             await self._connection.close()
         logger.info("Worker %s stopped", self.owner)
 
+    async def _ready(self) -> bool:
+        """Tell whether PostgreSQL responds and the broker connection is open."""
+        connection_open = self._connection is not None and not self._connection.is_closed
+        return connection_open and await self._database.ping()
+
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -146,6 +161,8 @@ class Worker:
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         routing_key = message.routing_key or ""
         attempt = _delivery_attempt(message)
+        if message.redelivered:
+            metrics.REDELIVERIES.labels(routing_key).inc()
 
         # A message this worker cannot read will never succeed: dead-letter it.
         try:

@@ -1,7 +1,7 @@
 """The reaper: takes over snapshot creations whose worker is gone.
 
 A creation's lease expires when its worker died or stalled, and a
-creation nobody claimed for a long time lost its message. Every worker
+creation that no worker claimed for a long time lost its message. Every worker
 replica runs a reaper; rows are locked with `FOR UPDATE SKIP LOCKED`, so
 two reapers never take the same snapshot. For each such creation the
 reaper either re-drives it, with a new creation message (the driver
@@ -15,7 +15,7 @@ import asyncio
 import datetime
 import logging
 
-from service import messages
+from service import messages, metrics
 from service.errors import ServiceUnavailable
 from service.store import outbox, snapshots
 from service.store.database import Database
@@ -62,6 +62,7 @@ class Reaper:
                 reason = _failure_reason(snapshot, now, self._max_attempts, self._max_creation)
                 if reason is not None:
                     await snapshots.fail(connection, snapshot.snapshot_id, None, reason)
+                    metrics.SNAPSHOTS_FAILED.inc()
                     logger.error(
                         "Snapshot %s of file system %s failed: %s", snapshot.snapshot_id, snapshot.file_system_id, reason
                     )

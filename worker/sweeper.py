@@ -27,7 +27,7 @@ import logging
 
 import asyncpg
 
-from service import messages
+from service import messages, metrics
 from service.errors import ServiceUnavailable
 from service.store import outbox, snapshots
 from service.store.database import UNAVAILABLE_ERRORS, Database
@@ -74,6 +74,7 @@ class RetentionSweeper:
         # Warn when expired snapshots wait much longer than one interval:
         # the sweeper was down, or cannot keep up.
         lag = await snapshots.oldest_overdue(connection, now)
+        metrics.SWEEPER_LAG_SECONDS.set(lag.total_seconds() if lag is not None else 0)
         if lag is not None and lag.total_seconds() > 2 * self._interval:
             logger.warning("The oldest expired snapshot has waited %s for deletion", lag)
 
@@ -89,6 +90,7 @@ class RetentionSweeper:
             for snapshot_id, file_system_id in due:
                 logger.info("Snapshot %s of file system %s expired; deleting it", snapshot_id, file_system_id)
             swept += len(due)
+            metrics.SNAPSHOTS_DELETED.labels("retention").inc(len(due))
             if len(due) < self._batch_size:
                 break
 

@@ -4,8 +4,8 @@ A handler returns an `Outcome`. DONE means the message may be acked: the
 work is finished, failed for good, or no longer needed. RETRY means the
 message goes back to the queue after a delay, because of a failure that
 may pass. A retry that counts as an attempt ends, after the set number
-of deliveries, in `give_up`; a database outage never does, since nothing
-can be recorded while it lasts.
+of deliveries, in `give_up`. A database outage never does, because
+nothing can be recorded while it lasts.
 
 Snapshot creation is guarded by a lease on the snapshot row (owner and
 expiry). The worker renews it while the driver copies, and every write
@@ -22,10 +22,11 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import datetime
 import logging
 import threading
 
-from service import messages
+from service import messages, metrics
 from service.errors import ServiceUnavailable
 from service.logs import bind_ids
 from service.store import file_systems, snapshots
@@ -113,6 +114,7 @@ class SnapshotTasks:
                     connection, snapshot_id, None, f"Creation failed after {attempts} attempts: {reason}"
                 )
             if failed:
+                metrics.SNAPSHOTS_FAILED.inc()
                 logger.error("Snapshot failed after %d attempts: %s", attempts, reason)
 
     async def provision_file_system(self, file_system_id: str) -> Outcome:
@@ -131,6 +133,9 @@ class SnapshotTasks:
             except DriverError as exc:
                 logger.warning("Provisioning storage failed: %s", exc)
                 return _retry(str(exc))
+
+            async with self._database.transaction() as connection:
+                await file_systems.mark_provisioned(connection, file_system_id)
             logger.info("File system storage is ready")
             return DONE
 
@@ -193,15 +198,14 @@ class SnapshotTasks:
             return DONE
 
         logger.info("Creating snapshot (attempt %d)", claimed.attempts)
+        metrics.SNAPSHOTS_IN_FLIGHT.inc()
         try:
             result = await self._copy(snapshot_id, file_system_id)
         except SnapshotCancelled:
             logger.warning("Snapshot creation stopped: this worker lost the snapshot")
             return DONE
         except FileSystemMissing as exc:
-            # Retrying cannot make the data appear.
-            await self._fail(snapshot_id, str(exc))
-            return DONE
+            return await self._on_missing_data(snapshot_id, file_system_id, str(exc))
         except asyncio.CancelledError:
             # Shutdown: hand the snapshot back so another worker can claim
             # it at once instead of waiting for the lease to expire.
@@ -212,6 +216,8 @@ class SnapshotTasks:
             logger.warning("Snapshot creation attempt failed: %s", reason, exc_info=not isinstance(exc, DriverError))
             await self._release_lease(snapshot_id, reason)
             return _retry(reason)
+        finally:
+            metrics.SNAPSHOTS_IN_FLIGHT.dec()
 
         # Record the result under the file system lock, like every other
         # change to the file system's snapshots.
@@ -220,6 +226,8 @@ class SnapshotTasks:
             completed = await snapshots.complete(connection, snapshot_id, self._owner, result.size_bytes)
 
         if completed:
+            metrics.SNAPSHOTS_CREATED.inc()
+            metrics.CREATION_SECONDS.observe((datetime.datetime.now(datetime.UTC) - claimed.created_at).total_seconds())
             logger.info("Snapshot accomplished: %d bytes", result.size_bytes)
             return DONE
 
@@ -247,10 +255,25 @@ class SnapshotTasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
+    async def _on_missing_data(self, snapshot_id: str, file_system_id: str, reason: str) -> Outcome:
+        """Wait for storage that is still being provisioned; fail a snapshot whose data is gone."""
+        async with self._database.transaction() as connection:
+            file_system = await file_systems.get(connection, file_system_id)
+        if file_system is not None and file_system.provisioned_at is None:
+            # The creation message overtook the provisioning message.
+            waiting = f"the storage of file system {file_system_id} is not provisioned yet"
+            await self._release_lease(snapshot_id, waiting)
+            return _retry(waiting)
+
+        # Retrying cannot make the data appear.
+        await self._fail(snapshot_id, reason)
+        return DONE
+
     async def _fail(self, snapshot_id: str, reason: str) -> None:
         async with self._database.transaction() as connection:
             failed = await snapshots.fail(connection, snapshot_id, self._owner, reason)
         if failed:
+            metrics.SNAPSHOTS_FAILED.inc()
             logger.error("Snapshot failed: %s", reason)
 
     async def _release_lease(self, snapshot_id: str, reason: str) -> None:

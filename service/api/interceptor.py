@@ -17,7 +17,8 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
-from service.api.status import to_rpc_status
+from service import metrics
+from service.api.status import status_code_for, to_rpc_status
 from service.domain.ids import is_file_system_id, is_snapshot_id, new_request_id
 from service.errors import InternalError, MalformedRequest, NasError
 from service.logs import bind_ids
@@ -61,12 +62,15 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                         response = await inner(request, context)
                     except NasError as error:
                         logger.info("%s failed: %s", method_name, error.code)
+                        _observe(method_name, status_code_for(error), started)
                         await _abort(context, error, request_id)
                     except grpc.aio.AbortError:
                         raise
                     except Exception:
                         logger.exception("%s failed with an unexpected error", method_name)
+                        _observe(method_name, grpc.StatusCode.INTERNAL, started)
                         await _abort(context, InternalError(), request_id)
+                    _observe(method_name, grpc.StatusCode.OK, started)
                     logger.debug("%s succeeded in %.1f ms", method_name, (time.monotonic() - started) * 1000)
                     return response
             finally:
@@ -89,7 +93,7 @@ class _UnparsableRequest:
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     """Wrap a request parser so that bad bytes reach the handler as an _UnparsableRequest.
 
-    grpc.aio answers a parser exception itself, with UNKNOWN and the
+    grpc.aio handles a parser exception itself, with UNKNOWN and the
     parser's text, before any interceptor code runs; this way the call
     gets INVALID_ARGUMENT with a NAS code and a request id like any other.
     """
@@ -115,6 +119,11 @@ def _well_formed_ids(request: Any) -> dict[str, str]:
     if isinstance(snapshot_id, str) and is_snapshot_id(snapshot_id):
         found["snapshot_id"] = snapshot_id
     return found
+
+
+def _observe(method: str, code: grpc.StatusCode, started: float) -> None:
+    metrics.RPC_REQUESTS.labels(method, code.name).inc()
+    metrics.RPC_DURATION.labels(method).observe(time.monotonic() - started)
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: NasError, request_id: str) -> None:

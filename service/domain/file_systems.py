@@ -13,7 +13,7 @@ import logging
 
 import asyncpg
 
-from service import messages
+from service import messages, metrics
 from service.domain.validation import (
     FILE_SYSTEM_STATUSES,
     FILE_SYSTEM_TYPES,
@@ -194,6 +194,7 @@ async def release_file_system(database: Database, file_system_id: str) -> list[s
             return []
         deleted = await release_locked(connection, file_system_id)
 
+    metrics.SNAPSHOTS_DELETED.labels("release").inc(len(deleted))
     logger.info("Released file system %s; deleted %d snapshots with it", file_system_id, len(deleted))
     return deleted
 

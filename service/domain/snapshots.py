@@ -20,7 +20,7 @@ import logging
 
 import asyncpg
 
-from service import messages
+from service import messages, metrics
 from service.domain import ids
 from service.domain.validation import CreateSnapshotParams, Page
 from service.errors import (
@@ -174,6 +174,7 @@ async def delete_snapshot(database: Database, snapshot_id: str) -> bool:
             )
 
     if deleted:
+        metrics.SNAPSHOTS_DELETED.labels("user").inc()
         logger.info("Deleted snapshot %s (was %s)", snapshot_id, found.status)
     else:
         logger.info("Snapshot %s was already deleted", snapshot_id)

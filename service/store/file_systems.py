@@ -7,10 +7,10 @@ import datetime
 
 import asyncpg
 
-__all__ = ["FileSystemRecord", "count", "get", "insert", "list_page", "lock", "release", "update"]
+__all__ = ["FileSystemRecord", "count", "get", "insert", "list_page", "lock", "mark_provisioned", "release", "update"]
 
 _COLUMNS = """
-    file_system_id, file_system_type, status, capacity_gib, expired_time, created_at, released_at,
+    file_system_id, file_system_type, status, capacity_gib, expired_time, created_at, released_at, provisioned_at,
     (expired_time IS NOT NULL AND expired_time <= now()) AS expired
 """
 
@@ -25,6 +25,8 @@ class FileSystemRecord:
     created_at: datetime.datetime
     # Set once the file system is released; it then counts as gone.
     released_at: datetime.datetime | None
+    # Set once a worker made sure the file system's storage exists.
+    provisioned_at: datetime.datetime | None
     # Whether the expired time had passed by the database clock when read.
     expired: bool
 
@@ -125,4 +127,10 @@ async def list_page(
 async def release(connection: asyncpg.Connection, file_system_id: str) -> None:
     await connection.execute(
         "UPDATE file_systems SET released_at = now(), updated_at = now() WHERE file_system_id = $1", file_system_id
+    )
+
+
+async def mark_provisioned(connection: asyncpg.Connection, file_system_id: str) -> None:
+    await connection.execute(
+        "UPDATE file_systems SET provisioned_at = now() WHERE file_system_id = $1", file_system_id
     )
