@@ -32,6 +32,7 @@ from worker.drivers.base import StorageDriver
 from service.health import HealthReporter
 from worker.gauges import refresh_gauges
 from worker.reaper import Reaper
+from worker.reconciler import Reconciler
 from worker.relay import OutboxRelay
 from worker.sweeper import RetentionSweeper
 from worker.tasks import Outcome, SnapshotTasks
@@ -96,6 +97,8 @@ class Worker:
                 max_creation_seconds=self._settings.max_creation_seconds,
             )
             self._background.append(asyncio.create_task(reaper.run(), name="reaper"))
+            reconciler = Reconciler(self._database, self._tasks.driver)
+            self._background.append(asyncio.create_task(reconciler.run(), name="reconciler"))
 
         self._background.append(
             asyncio.create_task(refresh_gauges(self._database, publish_channel), name="gauges")

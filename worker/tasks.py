@@ -85,6 +85,10 @@ class SnapshotTasks:
         self._max_attempts = max_attempts
         self._heartbeat_interval = min(heartbeat_interval, lease_seconds / 3)
 
+    @property
+    def driver(self) -> StorageDriver:
+        return self._driver
+
     async def handle(self, routing_key: str, payload: dict[str, str]) -> Outcome:
         """Run the handler for a message; KeyError means the message cannot be read."""
         try:

@@ -25,6 +25,9 @@ __all__ = [
     "fail",
     "get",
     "get_for_update",
+    "get_many",
+    "live_accomplished",
+    "mark_data_missing",
     "heartbeat",
     "insert",
     "mark_data_removed",
@@ -445,3 +448,29 @@ async def redrive(connection: asyncpg.Connection, snapshot_id: str) -> None:
         """,
         snapshot_id,
     )
+
+
+async def get_many(connection: asyncpg.Connection, snapshot_ids: list[str]) -> dict[str, SnapshotRecord]:
+    rows = await connection.fetch(f"SELECT {_COLUMNS} FROM snapshots WHERE snapshot_id = ANY($1::text[])", snapshot_ids)
+    return {row["snapshot_id"]: SnapshotRecord.from_row(row) for row in rows}
+
+
+async def live_accomplished(connection: asyncpg.Connection) -> list[tuple[str, str]]:
+    """Return (snapshot id, file system id) of every accomplished snapshot that is not deleted."""
+    rows = await connection.fetch(
+        "SELECT snapshot_id, file_system_id FROM snapshots WHERE status = 'accomplished' AND deleted_at IS NULL"
+    )
+    return [(row["snapshot_id"], row["file_system_id"]) for row in rows]
+
+
+async def mark_data_missing(connection: asyncpg.Connection, snapshot_id: str, reason: str) -> bool:
+    """Mark an accomplished snapshot failed because its data is gone; False if it changed meanwhile."""
+    result = await connection.execute(
+        """
+        UPDATE snapshots SET status = 'failed', status_reason = $2
+        WHERE snapshot_id = $1 AND status = 'accomplished' AND deleted_at IS NULL
+        """,
+        snapshot_id,
+        reason,
+    )
+    return result == "UPDATE 1"

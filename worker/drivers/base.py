@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import pathlib
 import threading
 from collections.abc import Callable
 
@@ -71,6 +72,8 @@ __all__ = [
     "SnapshotCancelled",
     "SnapshotResult",
     "StorageDriver",
+    "StoredSnapshot",
+    "scan_snapshot_directories",
     "require_file_system_id",
     "require_snapshot_id",
 ]
@@ -121,6 +124,18 @@ class SnapshotResult:
     size_bytes: int
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredSnapshot:
+    """Snapshot data found in storage, for the reconciler to compare with the rows."""
+
+    file_system_id: str
+    snapshot_id: str
+    # False for the leftover of an interrupted creation.
+    complete: bool
+    # Last change of the data's top directory, in seconds since the epoch.
+    modified_at: float
+
+
 class StorageDriver(abc.ABC):
     """A data plane that keeps file systems and snapshots."""
 
@@ -160,6 +175,10 @@ class StorageDriver(abc.ABC):
         """Tell whether a complete snapshot with this id exists."""
 
     @abc.abstractmethod
+    async def list_snapshots(self) -> list[StoredSnapshot]:
+        """List every snapshot's data in storage, complete or not."""
+
+    @abc.abstractmethod
     async def file_system_exists(self, file_system_id: str) -> bool:
         """Tell whether the file system's storage exists."""
 
@@ -177,3 +196,29 @@ def require_snapshot_id(value: str) -> None:
     """Raise ValueError unless `value` is a valid snapshot id, which is safe as one path component."""
     if not isinstance(value, str) or not is_snapshot_id(value):
         raise ValueError(f"invalid snapshot id {value!r}: expected 's-extreme-' and 17 lowercase letters and digits")
+
+
+def scan_snapshot_directories(snapshots_root: pathlib.Path) -> list[StoredSnapshot]:
+    """List `<root>/<file system id>/<snapshot id>` entries, and `.<snapshot id>.partial` ones as incomplete.
+
+    Names that are not valid ids are skipped: they are nothing a driver
+    made, so nothing the reconciler may remove. Blocking; run it in a thread.
+    """
+    found: list[StoredSnapshot] = []
+    if not snapshots_root.is_dir():
+        return found
+    for file_system_dir in snapshots_root.iterdir():
+        if not is_file_system_id(file_system_dir.name) or not file_system_dir.is_dir():
+            continue
+        for entry in file_system_dir.iterdir():
+            name, complete = entry.name, True
+            if name.startswith(".") and name.endswith(".partial"):
+                name, complete = name[1 : -len(".partial")], False
+            if not is_snapshot_id(name):
+                continue
+            try:
+                modified_at = entry.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+            found.append(StoredSnapshot(file_system_dir.name, name, complete, modified_at))
+    return found

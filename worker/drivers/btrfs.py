@@ -73,7 +73,9 @@ from worker.drivers.base import (
     SnapshotCancelled,
     SnapshotResult,
     StorageDriver,
+    StoredSnapshot,
     require_file_system_id,
+    scan_snapshot_directories,
     require_snapshot_id,
 )
 
@@ -284,6 +286,10 @@ class BtrfsDriver(StorageDriver):
             logger.info("snapshot %s of file system %s: deleted %s", snapshot_id, file_system_id, path)
         else:
             logger.debug("snapshot %s of file system %s: already deleted", snapshot_id, file_system_id)
+
+    async def list_snapshots(self) -> list[StoredSnapshot]:
+        # A btrfs snapshot appears whole, so every entry is complete.
+        return await asyncio.to_thread(scan_snapshot_directories, self.data_root / _SNAPSHOTS_DIR)
 
     async def release_file_system(self, file_system_id: str) -> None:
         path = self._file_system_path(file_system_id)

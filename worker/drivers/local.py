@@ -42,6 +42,8 @@ from worker.drivers.base import (
     SnapshotCancelled,
     SnapshotResult,
     StorageDriver,
+    StoredSnapshot,
+    scan_snapshot_directories,
 )
 
 __all__ = ["FICLONE", "LocalDriver"]
@@ -167,6 +169,9 @@ class LocalDriver(StorageDriver):
         _require_file_system_id(file_system_id)
         _require_snapshot_id(snapshot_id)
         await asyncio.to_thread(self._delete_snapshot, file_system_id, snapshot_id)
+
+    async def list_snapshots(self) -> list[StoredSnapshot]:
+        return await asyncio.to_thread(scan_snapshot_directories, self.data_root / _SNAPSHOTS_DIR)
 
     async def release_file_system(self, file_system_id: str) -> None:
         _require_file_system_id(file_system_id)
