@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import pytest
 
@@ -71,6 +72,28 @@ def tree_files(root: pathlib.Path) -> set[str]:
         for name in dirnames + filenames:
             found.add(os.path.relpath(os.path.join(directory, name), root))
     return found
+
+
+def regular_file_data(root: pathlib.Path) -> list[bytes]:
+    """Return the content of every regular file under root, without following symbolic links."""
+    contents = []
+    for directory, _, filenames in os.walk(root, followlinks=False):
+        for name in filenames:
+            path = os.path.join(directory, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                with open(path, "rb") as file:
+                    contents.append(file.read())
+    return contents
+
+
+SECRET = b"data of another tenant"
+
+
+@pytest.fixture
+def outside(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A directory beside the data root, holding secret.txt, which no snapshot may contain."""
+    write(tmp_path / "outside" / "secret.txt", SECRET)
+    return tmp_path / "outside"
 
 
 # Content
@@ -243,19 +266,21 @@ async def test_owner_and_group_kept(driver, source):
 # Symbolic links and special files
 
 
-async def test_symlinks_kept_not_followed(driver, source, tmp_path):
-    outside = tmp_path / "outside"
-    write(outside / "secret.txt", b"must not be copied")
+async def test_symlinks_kept_not_followed(driver, source, outside):
     write(source / "real.txt", b"real")
     links = {
         "passwd": "/etc/passwd",
+        "etc": "/etc",
         "outside-dir": str(outside),
+        "outside-file": str(outside / "secret.txt"),
         "outside-relative": "../../../outside/secret.txt",
         "dangling": "missing/target",
         "loop": "loop",
         "inside": "real.txt",
+        "nested/outside-dir": str(outside),
     }
     for name, target in links.items():
+        (source / name).parent.mkdir(exist_ok=True)
         (source / name).symlink_to(target)
 
     result = await take_snapshot(driver)
@@ -265,7 +290,8 @@ async def test_symlinks_kept_not_followed(driver, source, tmp_path):
         assert (snap / name).is_symlink(), name
         assert os.readlink(snap / name) == target, name
     assert result.size_bytes == len(b"real")
-    assert tree_files(snap) == set(links) | {"real.txt"}
+    assert tree_files(snap) == set(links) | {"real.txt", "nested"}
+    assert not any(SECRET in data for data in regular_file_data(snap))
 
 
 async def test_fifo_recreated(driver, source):
@@ -355,16 +381,128 @@ async def test_missing_file_system_raises(driver):
     assert not os.path.lexists(partial_dir(driver))
 
 
-async def test_symlinked_file_system_rejected(driver, tmp_path):
-    elsewhere = tmp_path / "elsewhere"
-    write(elsewhere / "file.txt", b"not ours")
+async def test_symlinked_file_system_rejected(driver, outside):
     (driver.data_root / "file-systems").mkdir(parents=True)
-    (driver.data_root / "file-systems" / FS).symlink_to(elsewhere)
+    (driver.data_root / "file-systems" / FS).symlink_to(outside)
 
     assert await driver.file_system_exists(FS) is False
-    with pytest.raises(DriverError, match="is not a directory"):
+    with pytest.raises(DriverError, match="is not a directory") as raised:
         await take_snapshot(driver)
+    assert FS in str(raised.value)
+    assert str(driver.data_root / "file-systems" / FS) in str(raised.value)
     assert not os.path.lexists(snapshot_dir(driver))
+    assert not os.path.lexists(partial_dir(driver))
+
+
+# Nodes replaced while the copy runs
+
+
+class OsWithOpenHook(types.ModuleType):
+    """The os module with `open` replaced, to stand in for `os` inside the local driver module."""
+
+    def __init__(self, open_hook) -> None:
+        super().__init__("os")
+        self.open = open_hook
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+
+def replace_on_open(monkeypatch, driver: LocalDriver, name: str, replace, during_copy: bool = True) -> list[str]:
+    """Make the driver call `replace()` right before its first open of the entry `name`, then open as usual.
+
+    The driver opens an entry relative to its directory's fd after it listed
+    the directory, so `replace()` runs in the window between the listing and
+    the open. With `during_copy`, only opens after the partial copy exists
+    count, which skips the measuring pass. The returned list gets `name`
+    once the hook has fired.
+    """
+    fired: list[str] = []
+
+    def open_hook(path, flags, mode=0o777, *, dir_fd=None):
+        copying = os.path.lexists(partial_dir(driver))
+        if path == name and dir_fd is not None and not fired and (copying or not during_copy):
+            fired.append(path)
+            replace()
+        return os.open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(local, "os", OsWithOpenHook(open_hook))
+    return fired
+
+
+@pytest.mark.parametrize("during_copy", [False, True], ids=["while-measuring", "while-copying"])
+async def test_directory_swapped_for_symlink(driver, source, outside, tmp_path, monkeypatch, during_copy):
+    write(source / "kept.txt", b"kept")
+    write(source / "sub" / "inner.txt", b"inner")
+
+    def swap() -> None:
+        os.rename(source / "sub", tmp_path / "moved-sub")
+        (source / "sub").symlink_to(outside)
+
+    fired = replace_on_open(monkeypatch, driver, "sub", swap, during_copy)
+    result = await take_snapshot(driver)
+
+    snap = snapshot_dir(driver)
+    copied = snap / "sub"
+    assert fired == ["sub"]
+    assert not any(SECRET in data for data in regular_file_data(snap))
+    assert "sub/secret.txt" not in tree_files(snap)
+    assert not os.path.lexists(copied) or (copied.is_symlink() and os.readlink(copied) == str(outside))
+    assert result.size_bytes == len(b"kept")
+
+
+async def test_file_swapped_for_symlink(driver, source, outside, monkeypatch):
+    write(source / "kept.txt", b"kept")
+    write(source / "data.txt", b"data")
+
+    def swap() -> None:
+        (source / "data.txt").unlink()
+        (source / "data.txt").symlink_to(outside / "secret.txt")
+
+    fired = replace_on_open(monkeypatch, driver, "data.txt", swap)
+    result = await take_snapshot(driver)
+
+    snap = snapshot_dir(driver)
+    copied = snap / "data.txt"
+    assert fired == ["data.txt"]
+    assert not any(SECRET in data for data in regular_file_data(snap))
+    assert not os.path.lexists(copied) or (copied.is_symlink() and os.readlink(copied) == str(outside / "secret.txt"))
+    assert result.size_bytes == len(b"kept")
+
+
+async def test_file_swapped_for_fifo(driver, source, monkeypatch):
+    write(source / "data.txt", b"data")
+
+    def swap() -> None:
+        (source / "data.txt").unlink()
+        os.mkfifo(source / "data.txt")
+
+    fired = replace_on_open(monkeypatch, driver, "data.txt", swap)
+    # A blocking open of the FIFO would hang here until the test times out.
+    result = await take_snapshot(driver)
+
+    assert fired == ["data.txt"]
+    assert stat.S_ISFIFO(os.lstat(snapshot_dir(driver) / "data.txt").st_mode)
+    assert result.size_bytes == 0
+
+
+async def test_destination_swap_not_followed(driver, source, tmp_path, monkeypatch):
+    write(source / "sub" / "later.txt", b"later")
+    redirect = tmp_path / "redirect"
+    redirect.mkdir()
+
+    def swap() -> None:
+        # The copy has created and opened sub in the partial copy before it opens sub/later.txt.
+        copied_sub = partial_dir(driver) / "sub"
+        os.rename(copied_sub, tmp_path / "moved-copy")
+        copied_sub.symlink_to(redirect)
+
+    fired = replace_on_open(monkeypatch, driver, "later.txt", swap)
+    await take_snapshot(driver)
+
+    assert fired == ["later.txt"]
+    assert list(redirect.iterdir()) == []
+    assert (tmp_path / "moved-copy" / "later.txt").read_bytes() == b"later"
 
 
 # Cancellation and errors
@@ -429,29 +567,73 @@ async def test_task_cancel_stops_copy(driver, source):
 
 
 async def test_copy_error_names_path(driver, source):
-    # Paths in the partial copy are 34 bytes longer than in the file system,
-    # so a 4080-byte source path fits PATH_MAX (4096 with the NUL) and its copy does not.
-    assert len(str(partial_dir(driver))) - len(str(source)) == 34
-    source_length = 4080
-    deep = str(source)
-    while len(deep) + 201 < source_length:
-        deep = os.path.join(deep, "d" * 200)
-    deep = os.path.join(deep, "f" * (source_length - len(deep) - 1))
-    assert len(deep) == source_length
-    os.makedirs(os.path.dirname(deep))
-    with open(deep, "wb") as deep_file:
-        deep_file.write(b"unreachable")
+    write(source / "first.bin", b"x" * 1000)
+    write(source / "sub" / "later.txt", b"later")
+    driver.progress_interval_seconds = 0.0
+
+    def plant_conflict(progress: Progress) -> None:
+        # The copy creates a directory's subdirectories after its other
+        # entries, so "sub" is not copied yet when first.bin reports progress.
+        conflict = partial_dir(driver) / "sub"
+        if not os.path.lexists(conflict):
+            conflict.mkdir()
 
     with pytest.raises(DriverError) as raised:
-        await take_snapshot(driver)
+        await driver.create_snapshot(FS, SNAP, plant_conflict, threading.Event())
 
     message = str(raised.value)
     assert SNAP in message
     assert FS in message
-    assert str(source / ("d" * 200)) in message
-    assert isinstance(raised.value.__cause__, OSError)
-    assert raised.value.__cause__.errno == errno.ENAMETOOLONG
+    assert str(source / "sub") in message
+    assert isinstance(raised.value.__cause__, FileExistsError)
     assert not os.path.lexists(partial_dir(driver))
+    assert not os.path.lexists(snapshot_dir(driver))
+
+
+DEEP_NAME = "d" * 250
+
+
+def open_deep_directory(root: pathlib.Path, levels: int, create: bool) -> int:
+    """Open the directory `levels` levels of DEEP_NAME below root, creating them if asked, and return its fd.
+
+    Paths longer than PATH_MAX cannot be opened at once, so this goes one level at a time.
+    """
+    directory_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(levels):
+        if create:
+            os.mkdir(DEEP_NAME, dir_fd=directory_fd)
+        child_fd = os.open(DEEP_NAME, os.O_RDONLY | os.O_DIRECTORY, dir_fd=directory_fd)
+        os.close(directory_fd)
+        directory_fd = child_fd
+    return directory_fd
+
+
+async def test_paths_beyond_path_max_copied(driver, source):
+    levels = 20
+    assert len(str(source)) + levels * (len(DEEP_NAME) + 1) > 4096
+    directory_fd = open_deep_directory(source, levels, create=True)
+    try:
+        file_fd = os.open("deep.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=directory_fd)
+        os.write(file_fd, b"deep")
+        os.close(file_fd)
+    finally:
+        os.close(directory_fd)
+
+    result = await take_snapshot(driver)
+    again = await take_snapshot(driver)
+
+    directory_fd = open_deep_directory(snapshot_dir(driver), levels, create=False)
+    try:
+        file_fd = os.open("deep.txt", os.O_RDONLY, dir_fd=directory_fd)
+        copied = os.read(file_fd, 100)
+        os.close(file_fd)
+    finally:
+        os.close(directory_fd)
+    assert copied == b"deep"
+    assert result.size_bytes == len(b"deep")
+    assert again == result
+
+    await driver.delete_snapshot(FS, SNAP)
     assert not os.path.lexists(snapshot_dir(driver))
 
 

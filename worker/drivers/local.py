@@ -20,6 +20,8 @@ Layout under the data root:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -33,7 +35,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from service.domain.ids import is_file_system_id, is_snapshot_id
 from worker.drivers.base import (
     DriverError,
     FileSystemMissing,
@@ -43,6 +44,8 @@ from worker.drivers.base import (
     SnapshotResult,
     StorageDriver,
     StoredSnapshot,
+    require_file_system_id,
+    require_snapshot_id,
     scan_snapshot_directories,
 )
 
@@ -75,6 +78,21 @@ _MAX_SKIP_WARNINGS = 10
 _UTIME_ON_SYMLINKS = os.utime in os.supports_follow_symlinks
 _CHOWN_ON_SYMLINKS = os.chown in os.supports_follow_symlinks
 
+# Flags for opening a directory of either tree. O_NOFOLLOW makes the open
+# fail instead of following a symbolic link in the directory's place.
+_OPEN_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Flags for opening a source file. O_NONBLOCK keeps the open from hanging on
+# a FIFO that took the file's place after the listing, and O_NOCTTY keeps a
+# terminal from becoming the worker's controlling terminal. Neither changes
+# how a regular file is read.
+_OPEN_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_CREATE_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Errors of an O_NOFOLLOW open that mean the entry is no longer the type the
+# listing showed. ELOOP comes from a symbolic link, ENXIO from a socket, and
+# ENOTDIR from a non-directory opened with O_DIRECTORY. Linux 6.18 returns
+# ENOTDIR, not ELOOP, for a symbolic link opened with O_DIRECTORY | O_NOFOLLOW.
+_REPLACED_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR, errno.ENXIO})
+
 
 class LocalDriver(StorageDriver):
     """Storage driver that keeps file systems and snapshots as directories under `data_root`."""
@@ -93,17 +111,17 @@ class LocalDriver(StorageDriver):
     # Paths. Each of these validates the ids it is given before building a path.
 
     def _file_system_dir(self, file_system_id: str) -> pathlib.Path:
-        _require_file_system_id(file_system_id)
+        require_file_system_id(file_system_id)
         return self.data_root / _FILE_SYSTEMS_DIR / file_system_id
 
     def _snapshot_dir(self, file_system_id: str, snapshot_id: str) -> pathlib.Path:
-        _require_file_system_id(file_system_id)
-        _require_snapshot_id(snapshot_id)
+        require_file_system_id(file_system_id)
+        require_snapshot_id(snapshot_id)
         return self.data_root / _SNAPSHOTS_DIR / file_system_id / snapshot_id
 
     def _partial_dir(self, file_system_id: str, snapshot_id: str) -> pathlib.Path:
-        _require_file_system_id(file_system_id)
-        _require_snapshot_id(snapshot_id)
+        require_file_system_id(file_system_id)
+        require_snapshot_id(snapshot_id)
         return self.data_root / _SNAPSHOTS_DIR / file_system_id / f".{snapshot_id}.partial"
 
     def _ensure_top_directory(self, name: str) -> pathlib.Path:
@@ -120,7 +138,7 @@ class LocalDriver(StorageDriver):
     # StorageDriver methods.
 
     async def provision_file_system(self, file_system_id: str) -> None:
-        _require_file_system_id(file_system_id)
+        require_file_system_id(file_system_id)
         await asyncio.to_thread(self._provision_file_system, file_system_id)
 
     async def file_system_exists(self, file_system_id: str) -> bool:
@@ -151,8 +169,8 @@ class LocalDriver(StorageDriver):
         Two calls with the same snapshot id must not run at the same time,
         because each one discards the other's partial copy.
         """
-        _require_file_system_id(file_system_id)
-        _require_snapshot_id(snapshot_id)
+        require_file_system_id(file_system_id)
+        require_snapshot_id(snapshot_id)
 
         abandoned = threading.Event()
         try:
@@ -166,15 +184,15 @@ class LocalDriver(StorageDriver):
             raise
 
     async def delete_snapshot(self, file_system_id: str, snapshot_id: str) -> None:
-        _require_file_system_id(file_system_id)
-        _require_snapshot_id(snapshot_id)
+        require_file_system_id(file_system_id)
+        require_snapshot_id(snapshot_id)
         await asyncio.to_thread(self._delete_snapshot, file_system_id, snapshot_id)
 
     async def list_snapshots(self) -> list[StoredSnapshot]:
         return await asyncio.to_thread(scan_snapshot_directories, self.data_root / _SNAPSHOTS_DIR)
 
     async def release_file_system(self, file_system_id: str) -> None:
-        _require_file_system_id(file_system_id)
+        require_file_system_id(file_system_id)
         await asyncio.to_thread(self._release_file_system, file_system_id)
 
     # Blocking implementations, run in a worker thread.
@@ -208,42 +226,36 @@ class LocalDriver(StorageDriver):
         if existing_size is not None:
             return SnapshotResult(size_bytes=existing_size)
 
-        self._check_source(file_system_id, snapshot_id, source)
+        with contextlib.ExitStack() as open_directories:
+            source_fd = self._open_source(file_system_id, snapshot_id, source)
+            open_directories.callback(os.close, source_fd)
+            parent_fd = self._prepare_snapshot_parent(file_system_id, snapshot_id)
+            open_directories.callback(os.close, parent_fd)
 
-        try:
-            self._ensure_top_directory(_SNAPSHOTS_DIR)
-            final.parent.mkdir(exist_ok=True)
-            if _remove_path(partial):
-                logger.info(
-                    "snapshot %s of file system %s: discarded the partial copy %s of an interrupted attempt",
-                    snapshot_id,
-                    file_system_id,
-                    partial,
-                )
-        except OSError as exc:
-            raise DriverError(
-                f"could not prepare snapshot {snapshot_id} of file system {file_system_id} in {final.parent}: {exc}"
-            ) from exc
-
-        logger.info("snapshot %s of file system %s: copying %s", snapshot_id, file_system_id, source)
-        started = time.monotonic()
-        copier = _TreeCopier(
-            file_system_id, snapshot_id, on_progress, stop_events, self.progress_interval_seconds, self.copy_bandwidth
-        )
-        try:
-            size = copier.copy_tree(str(source), str(partial))
-            copier.current_path = str(partial)
-            # The rename publishes the snapshot, so it comes after every file is in place.
-            os.rename(partial, final)
-        except SnapshotCancelled:
-            self._discard_partial(file_system_id, snapshot_id, partial)
-            logger.info("snapshot %s of file system %s: cancelled while copying", snapshot_id, file_system_id)
-            raise
-        except Exception as exc:
-            self._discard_partial(file_system_id, snapshot_id, partial)
-            raise DriverError(
-                f"snapshot {snapshot_id} of file system {file_system_id} failed at {copier.current_path}: {exc}"
-            ) from exc
+            logger.info("snapshot %s of file system %s: copying %s", snapshot_id, file_system_id, source)
+            started = time.monotonic()
+            copier = _TreeCopier(
+                file_system_id,
+                snapshot_id,
+                on_progress,
+                stop_events,
+                self.progress_interval_seconds,
+                self.copy_bandwidth,
+            )
+            try:
+                size = copier.copy_tree(source_fd, str(source), parent_fd, partial.name, str(partial))
+                copier.current_path = str(partial)
+                # The rename publishes the snapshot, so it comes after every file is in place.
+                os.rename(partial.name, final.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            except SnapshotCancelled:
+                self._discard_partial(file_system_id, snapshot_id, partial)
+                logger.info("snapshot %s of file system %s: cancelled while copying", snapshot_id, file_system_id)
+                raise
+            except Exception as exc:
+                self._discard_partial(file_system_id, snapshot_id, partial)
+                raise DriverError(
+                    f"snapshot {snapshot_id} of file system {file_system_id} failed at {copier.current_path}: {exc}"
+                ) from exc
 
         logger.info(
             "snapshot %s of file system %s: created, %s bytes in %.1f s",
@@ -283,24 +295,44 @@ class LocalDriver(StorageDriver):
         )
         return size
 
-    def _check_source(self, file_system_id: str, snapshot_id: str, source: pathlib.Path) -> None:
+    def _open_source(self, file_system_id: str, snapshot_id: str, source: pathlib.Path) -> int:
+        """Open the file system's data directory, rejecting a symbolic link in its place."""
         try:
-            source_stat = os.lstat(source)
+            return os.open(source, _OPEN_DIRECTORY_FLAGS)
         except FileNotFoundError:
             raise FileSystemMissing(
                 f"cannot create snapshot {snapshot_id}: file system {file_system_id} has no data at {source}; "
                 "provision the file system first"
             ) from None
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise DriverError(
+                    f"cannot create snapshot {snapshot_id}: the data path {source} of file system {file_system_id} "
+                    "is not a directory, and the local driver does not follow a symbolic link in its place"
+                ) from exc
             raise DriverError(
-                f"cannot create snapshot {snapshot_id}: could not check file system {file_system_id} at {source}: {exc}"
+                f"cannot create snapshot {snapshot_id}: could not open file system {file_system_id} at {source}: {exc}"
             ) from exc
 
-        if not stat.S_ISDIR(source_stat.st_mode):
+    def _prepare_snapshot_parent(self, file_system_id: str, snapshot_id: str) -> int:
+        """Create the file system's snapshots directory, discard an interrupted attempt's partial copy, and open it."""
+        parent = self._snapshot_dir(file_system_id, snapshot_id).parent
+        partial = self._partial_dir(file_system_id, snapshot_id)
+        try:
+            self._ensure_top_directory(_SNAPSHOTS_DIR)
+            parent.mkdir(exist_ok=True)
+            if _remove_path(partial):
+                logger.info(
+                    "snapshot %s of file system %s: discarded the partial copy %s of an interrupted attempt",
+                    snapshot_id,
+                    file_system_id,
+                    partial,
+                )
+            return os.open(parent, _OPEN_DIRECTORY_FLAGS)
+        except OSError as exc:
             raise DriverError(
-                f"cannot create snapshot {snapshot_id}: the data path {source} of file system {file_system_id} "
-                "is not a directory"
-            )
+                f"could not prepare snapshot {snapshot_id} of file system {file_system_id} in {parent}: {exc}"
+            ) from exc
 
     def _discard_partial(self, file_system_id: str, snapshot_id: str, partial: pathlib.Path) -> None:
         try:
@@ -350,12 +382,50 @@ class LocalDriver(StorageDriver):
             logger.debug("file system %s: data directory %s was already gone", file_system_id, path)
 
 
+class _NodeReplaced(Exception):
+    """An entry of the source tree is no longer the type of node that the copy listed."""
+
+
+@dataclasses.dataclass
+class _DirectoryCopy:
+    """A source directory being copied, and its copy, both open."""
+
+    source_fd: int
+    destination_fd: int
+    # Source path, for messages only.
+    path: str
+    # fstat of source_fd, taken before the copy listed the directory.
+    source_stat: os.stat_result
+    # Access time to give the copy, from before any listing of the directory.
+    atime_ns: int
+    # Listed subdirectories that are not copied yet. The flag is False for
+    # an entry whose type already changed once, so a second change skips it.
+    subdirectories: list[tuple[str, bool]] = dataclasses.field(default_factory=list)
+
+    def close(self) -> None:
+        os.close(self.source_fd)
+        os.close(self.destination_fd)
+
+
 class _TreeCopier:
     """Copier of one directory tree into a new directory, in the calling thread.
 
-    It never follows symbolic links. It reports progress to `on_progress` and
-    raises SnapshotCancelled at the next check once any of `stop_events` is set.
-    `current_path` names the path being worked on, for error messages.
+    It never follows symbolic links, also when a node of the source is
+    replaced while the copy runs. Both trees are walked only through open
+    directory fds, and every entry is opened relative to its parent's fd
+    with O_NOFOLLOW. The metadata of a file or directory comes from fstat
+    of the opened node, and that of a symbolic link or FIFO from fstatat
+    relative to its directory's fd. An entry whose type changes between the
+    listing and the open is copied as what it is now, or skipped if it
+    changes again.
+
+    It reports progress to `on_progress` and raises SnapshotCancelled at the
+    next check once any of `stop_events` is set. `current_path` names the
+    source path being worked on, for error messages.
+
+    NOTE: the copy keeps two fds open per directory level from the root to
+    the directory being copied, so a tree deeper than about half of
+    RLIMIT_NOFILE fails with EMFILE.
     """
 
     def __init__(
@@ -384,37 +454,55 @@ class _TreeCopier:
         self._plain_copy_methods = list(_PLAIN_COPY_METHODS)
         self._skipped_nodes = 0
         self._owner_not_kept = 0
-        # Source directory path to its stat, taken before the copy listed it.
-        self._source_directory_stats: dict[str, os.stat_result] = {}
-        # Destination directories and the source stat to apply to each, in creation order.
-        self._directories: list[tuple[str, os.stat_result]] = []
+        # Access time of each source directory by (st_dev, st_ino), taken
+        # before the measuring pass listed it.
+        self._directory_atimes: dict[tuple[int, int], int] = {}
 
-    def copy_tree(self, source: str, destination: str) -> int:
-        """Copy `source` into the new directory `destination` and return the bytes of file data copied."""
-        self.current_path = source
-        root_stat = os.lstat(source)
-        self.bytes_total = self._measure_source(source)
+    def copy_tree(
+        self, source_fd: int, source_path: str, destination_parent_fd: int, destination_name: str, destination_path: str
+    ) -> int:
+        """Copy the open directory `source_fd` into the new directory `destination_name` of `destination_parent_fd`.
+
+        Return the bytes of file data copied. The caller keeps ownership of
+        both fds, and the paths are for messages only.
+        """
+        self.current_path = source_path
+        root_stat = os.fstat(source_fd)
+        self.bytes_total = _regular_file_bytes_at(source_fd, source_path, self._record_directory_atime)
         self._started = time.monotonic()
         self._last_report = self._started
 
-        self.current_path = destination
-        os.mkdir(destination, 0o700)
-        self._directories.append((destination, root_stat))
+        self.current_path = destination_path
+        os.mkdir(destination_name, 0o700, dir_fd=destination_parent_fd)
+        destination_fd = os.open(destination_name, _OPEN_DIRECTORY_FLAGS, dir_fd=destination_parent_fd)
+        try:
+            root_source_fd = os.dup(source_fd)
+        except BaseException:
+            os.close(destination_fd)
+            raise
+        root = _DirectoryCopy(root_source_fd, destination_fd, source_path, root_stat, root_stat.st_atime_ns)
 
-        pending = [(source, destination)]
-        while pending:
-            source_dir, destination_dir = pending.pop()
-            self._copy_directory_entries(source_dir, destination_dir, pending)
-
-        # Directories get their mode, owner and times after all content is
-        # copied, children before parents. Otherwise creating a child would
-        # change its parent's mtime, and a read-only mode would block a
-        # worker that does not run as root.
-        for path, source_stat in reversed(self._directories):
-            self.current_path = path
-            self._set_owner(path, source_stat)
-            os.chmod(path, stat.S_IMODE(source_stat.st_mode))
-            os.utime(path, ns=(source_stat.st_atime_ns, source_stat.st_mtime_ns), follow_symlinks=False)
+        # Depth first, so that only the directories from the root to the
+        # current one are open. A directory gets its owner, mode and times
+        # after all its content, children before parents. Otherwise creating
+        # a child would change its parent's mtime, and a read-only mode would
+        # block a worker that does not run as root.
+        stack = [root]
+        try:
+            self._copy_entries(root)
+            while stack:
+                directory = stack[-1]
+                child = self._enter_next_subdirectory(directory)
+                if child is None:
+                    self._finish_directory(directory)
+                    stack.pop()
+                    directory.close()
+                    continue
+                stack.append(child)
+                self._copy_entries(child)
+        finally:
+            for directory in stack:
+                directory.close()
 
         self._log_totals()
         # The final report counts the bytes actually copied, which differ from
@@ -429,100 +517,147 @@ class _TreeCopier:
                 f"snapshot {self.snapshot_id} of file system {self.file_system_id} was cancelled while copying"
             )
 
-    def _measure_source(self, source: str) -> int:
-        """Return the bytes of the regular files under `source`, and record the stat of each directory.
+    def _record_directory_atime(self, directory_fd: int, path: str) -> None:
+        # Listing a directory updates its atime, so the measuring pass records
+        # the atime of each directory before it lists it, for the copy to apply.
+        self.current_path = path
+        self.check_cancel()
+        directory_stat = os.fstat(directory_fd)
+        self._directory_atimes[(directory_stat.st_dev, directory_stat.st_ino)] = directory_stat.st_atime_ns
 
-        Listing a directory updates its atime, so the copy applies the stat
-        recorded here, taken before any listing.
-        """
-        total = 0
-        pending = [source]
-        while pending:
-            directory = pending.pop()
-            self.current_path = directory
-            self.check_cancel()
-            try:
-                entries = os.scandir(directory)
-            except FileNotFoundError:
-                continue
-            with entries:
-                for entry in entries:
-                    try:
-                        entry_stat = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    if stat.S_ISDIR(entry_stat.st_mode):
-                        self._source_directory_stats[entry.path] = entry_stat
-                        pending.append(entry.path)
-                    elif stat.S_ISREG(entry_stat.st_mode):
-                        total += entry_stat.st_size
-        return total
-
-    def _copy_directory_entries(
-        self, source_dir: str, destination_dir: str, pending: list[tuple[str, str]]
-    ) -> None:
-        self.current_path = source_dir
-        try:
-            entries = os.scandir(source_dir)
-        except FileNotFoundError:
-            self._log_vanished(source_dir)
-            return
-
-        with entries:
+    def _copy_entries(self, directory: _DirectoryCopy) -> None:
+        """Copy the directory's entries except subdirectories, which are queued in `directory.subdirectories`."""
+        self.current_path = directory.path
+        with os.scandir(directory.source_fd) as entries:
             for entry in entries:
                 self.check_cancel()
-                self.current_path = entry.path
-                destination = os.path.join(destination_dir, entry.name)
+                self.current_path = os.path.join(directory.path, entry.name)
                 try:
+                    # fstatat relative to the directory fd, without following a symbolic link.
                     entry_stat = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
-                    self._log_vanished(entry.path)
+                    self._log_vanished(self.current_path)
                     continue
-                self._copy_node(entry.path, destination, entry_stat, pending)
+                self._copy_entry(directory, entry.name, entry_stat)
+
+    def _copy_entry(
+        self, directory: _DirectoryCopy, name: str, entry_stat: os.stat_result, first_attempt: bool = True
+    ) -> None:
+        try:
+            self._copy_node(directory, name, entry_stat, first_attempt)
+        except _NodeReplaced as exc:
+            self._copy_replaced_entry(directory, name, str(exc), first_attempt)
 
     def _copy_node(
-        self, source: str, destination: str, source_stat: os.stat_result, pending: list[tuple[str, str]]
+        self, directory: _DirectoryCopy, name: str, entry_stat: os.stat_result, first_attempt: bool
     ) -> None:
-        mode = source_stat.st_mode
+        """Copy one entry by the type in `entry_stat`, raising _NodeReplaced if the node turns out to have changed."""
+        mode = entry_stat.st_mode
         if stat.S_ISDIR(mode):
-            os.mkdir(destination, 0o700)
-            self._directories.append((destination, self._source_directory_stats.pop(source, source_stat)))
-            pending.append((source, destination))
+            directory.subdirectories.append((name, first_attempt))
         elif stat.S_ISREG(mode):
             # NOTE: hard links are copied as separate files, so a snapshot
             # may use more space than its file system.
-            self._copy_file(source, destination)
+            self._copy_file(directory, name)
         elif stat.S_ISLNK(mode):
-            self._copy_symlink(source, destination, source_stat)
+            self._copy_symlink(directory, name, entry_stat)
         elif stat.S_ISFIFO(mode):
-            os.mkfifo(destination, 0o600)
-            self._set_owner(destination, source_stat)
-            os.chmod(destination, stat.S_IMODE(mode))
-            os.utime(destination, ns=(source_stat.st_atime_ns, source_stat.st_mtime_ns), follow_symlinks=False)
+            self._copy_fifo(directory, name, entry_stat)
         else:
-            self._skip_node(source, _node_kind(mode))
+            self._skip_node(self.current_path, _node_kind(mode))
 
-    def _copy_file(self, source: str, destination: str) -> None:
-        # O_NONBLOCK keeps the open from hanging if the file was replaced by
-        # a FIFO after it was listed; it has no effect on regular files.
-        try:
-            source_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self._log_vanished(source)
+    def _copy_replaced_entry(self, directory: _DirectoryCopy, name: str, reason: str, first_attempt: bool) -> None:
+        """Copy an entry whose type changed after the listing as what it is now, or skip it on a second change."""
+        if not first_attempt:
+            logger.debug(
+                "snapshot %s of file system %s: skipped %s, which changed type again during the copy (%s)",
+                self.snapshot_id,
+                self.file_system_id,
+                self.current_path,
+                reason,
+            )
             return
+
+        try:
+            entry_stat = os.stat(name, dir_fd=directory.source_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            self._log_vanished(self.current_path)
+            return
+        logger.debug(
+            "snapshot %s of file system %s: %s changed during the copy (%s), copying it as the %s it is now",
+            self.snapshot_id,
+            self.file_system_id,
+            self.current_path,
+            reason,
+            _node_kind(entry_stat.st_mode),
+        )
+        self._copy_entry(directory, name, entry_stat, first_attempt=False)
+
+    def _enter_next_subdirectory(self, directory: _DirectoryCopy) -> _DirectoryCopy | None:
+        """Open the next queued subdirectory of `directory` and create its copy, or return None when none is left."""
+        while directory.subdirectories:
+            self.check_cancel()
+            name, first_attempt = directory.subdirectories.pop()
+            self.current_path = os.path.join(directory.path, name)
+            try:
+                child = self._open_subdirectory(directory, name)
+            except _NodeReplaced as exc:
+                self._copy_replaced_entry(directory, name, str(exc), first_attempt)
+                continue
+            if child is not None:
+                return child
+        return None
+
+    def _open_subdirectory(self, directory: _DirectoryCopy, name: str) -> _DirectoryCopy | None:
+        try:
+            source_fd = os.open(name, _OPEN_DIRECTORY_FLAGS, dir_fd=directory.source_fd)
+        except FileNotFoundError:
+            self._log_vanished(self.current_path)
+            return None
+        except OSError as exc:
+            if exc.errno in _REPLACED_ERRNOS:
+                raise _NodeReplaced(f"opening it as a directory failed: {exc.strerror}") from exc
+            raise
+
+        try:
+            source_stat = os.fstat(source_fd)
+            os.mkdir(name, 0o700, dir_fd=directory.destination_fd)
+            destination_fd = os.open(name, _OPEN_DIRECTORY_FLAGS, dir_fd=directory.destination_fd)
+        except BaseException:
+            os.close(source_fd)
+            raise
+        atime_ns = self._directory_atimes.pop((source_stat.st_dev, source_stat.st_ino), source_stat.st_atime_ns)
+        return _DirectoryCopy(source_fd, destination_fd, self.current_path, source_stat, atime_ns)
+
+    def _finish_directory(self, directory: _DirectoryCopy) -> None:
+        """Give the directory's copy the source's owner, mode and times."""
+        self.current_path = directory.path
+        source_stat = directory.source_stat
+        self._set_owner(source_stat, fd=directory.destination_fd)
+        os.fchmod(directory.destination_fd, stat.S_IMODE(source_stat.st_mode))
+        os.utime(directory.destination_fd, ns=(directory.atime_ns, source_stat.st_mtime_ns))
+
+    def _copy_file(self, directory: _DirectoryCopy, name: str) -> None:
+        try:
+            source_fd = os.open(name, _OPEN_FILE_FLAGS, dir_fd=directory.source_fd)
+        except FileNotFoundError:
+            self._log_vanished(self.current_path)
+            return
+        except OSError as exc:
+            if exc.errno in _REPLACED_ERRNOS:
+                raise _NodeReplaced(f"opening it as a file failed: {exc.strerror}") from exc
+            raise
 
         try:
             source_stat = os.fstat(source_fd)
             if not stat.S_ISREG(source_stat.st_mode):
-                raise OSError(f"{source} was replaced by a {_node_kind(source_stat.st_mode)} during the copy")
+                raise _NodeReplaced(f"it was a regular file when listed and is a {_node_kind(source_stat.st_mode)} now")
 
-            destination_fd = os.open(
-                destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
+            destination_fd = os.open(name, _CREATE_FILE_FLAGS, 0o600, dir_fd=directory.destination_fd)
             try:
                 self._copy_file_data(source_fd, destination_fd, source_stat.st_size)
                 # The owner comes before the mode because chown clears the setuid and setgid bits.
-                self._set_owner(destination_fd, source_stat)
+                self._set_owner(source_stat, fd=destination_fd)
                 os.fchmod(destination_fd, stat.S_IMODE(source_stat.st_mode))
                 os.utime(destination_fd, ns=(source_stat.st_atime_ns, source_stat.st_mtime_ns))
             finally:
@@ -596,26 +731,53 @@ class _TreeCopier:
             self._plain_copy_methods[0].__name__,
         )
 
-    def _copy_symlink(self, source: str, destination: str, source_stat: os.stat_result) -> None:
+    def _copy_symlink(self, directory: _DirectoryCopy, name: str, link_stat: os.stat_result) -> None:
+        # `link_stat` is the listing's fstatat of the link, because a symbolic link cannot be opened to fstat it.
         try:
-            target = os.readlink(source)
+            target = os.readlink(name, dir_fd=directory.source_fd)
         except FileNotFoundError:
-            self._log_vanished(source)
+            self._log_vanished(self.current_path)
             return
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise _NodeReplaced("it is no longer a symbolic link") from exc
+            raise
 
-        os.symlink(target, destination)
+        os.symlink(target, name, dir_fd=directory.destination_fd)
         if _CHOWN_ON_SYMLINKS:
-            self._set_owner(destination, source_stat)
+            self._set_owner(link_stat, name=name, dir_fd=directory.destination_fd)
         if _UTIME_ON_SYMLINKS:
-            os.utime(destination, ns=(source_stat.st_atime_ns, source_stat.st_mtime_ns), follow_symlinks=False)
+            os.utime(
+                name,
+                ns=(link_stat.st_atime_ns, link_stat.st_mtime_ns),
+                dir_fd=directory.destination_fd,
+                follow_symlinks=False,
+            )
 
-    def _set_owner(self, target: str | int, source_stat: os.stat_result) -> None:
-        """Give `target` (a path never followed if a symlink, or an open fd) the source's owner and group."""
+    def _copy_fifo(self, directory: _DirectoryCopy, name: str, fifo_stat: os.stat_result) -> None:
+        # `fifo_stat` is the listing's fstatat of the FIFO. The source FIFO is
+        # not opened, because a reader would unblock a writer waiting in open.
+        os.mkfifo(name, 0o600, dir_fd=directory.destination_fd)
+        # The new FIFO has no writer, so a non-blocking open for reading returns at once.
+        fifo_fd = os.open(
+            name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory.destination_fd
+        )
         try:
-            if isinstance(target, int):
-                os.fchown(target, source_stat.st_uid, source_stat.st_gid)
+            self._set_owner(fifo_stat, fd=fifo_fd)
+            os.fchmod(fifo_fd, stat.S_IMODE(fifo_stat.st_mode))
+            os.utime(fifo_fd, ns=(fifo_stat.st_atime_ns, fifo_stat.st_mtime_ns))
+        finally:
+            os.close(fifo_fd)
+
+    def _set_owner(
+        self, source_stat: os.stat_result, fd: int | None = None, name: str | None = None, dir_fd: int | None = None
+    ) -> None:
+        """Give the open `fd`, or the symbolic link `name` in `dir_fd`, the source's owner and group."""
+        try:
+            if fd is not None:
+                os.fchown(fd, source_stat.st_uid, source_stat.st_gid)
             else:
-                os.chown(target, source_stat.st_uid, source_stat.st_gid, follow_symlinks=False)
+                os.chown(name, source_stat.st_uid, source_stat.st_gid, dir_fd=dir_fd, follow_symlinks=False)
         except PermissionError as exc:
             self._owner_not_kept += 1
             if self._owner_not_kept == 1:
@@ -734,19 +896,6 @@ _PLAIN_COPY_METHODS: tuple[Callable[[int, int, int], int], ...] = tuple(
 )
 
 
-def _require_file_system_id(value: str) -> None:
-    if not isinstance(value, str) or not is_file_system_id(value):
-        raise ValueError(
-            f"invalid file system id {value!r}: expected 1 to 64 ASCII letters, digits and hyphens, "
-            "starting with a letter or digit"
-        )
-
-
-def _require_snapshot_id(value: str) -> None:
-    if not isinstance(value, str) or not is_snapshot_id(value):
-        raise ValueError(f"invalid snapshot id {value!r}: expected 's-extreme-' and 17 lowercase letters and digits")
-
-
 def _is_real_directory(path: pathlib.Path) -> bool:
     """Tell whether `path` is a directory, without following a symbolic link in its place."""
     try:
@@ -772,28 +921,89 @@ def _node_kind(mode: int) -> str:
 
 
 def _regular_file_bytes(root: str) -> int:
-    """Sum the sizes of the regular files under `root`, without following symbolic links.
+    """Sum the sizes of the regular files under the directory `root`, without following symbolic links.
 
     Entries removed during the walk are left out.
     """
-    total = 0
-    pending = [root]
-    while pending:
-        directory = pending.pop()
-        try:
-            entries = os.scandir(directory)
-        except FileNotFoundError:
-            continue
-        with entries:
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
-                    elif entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
-                except FileNotFoundError:
-                    continue
+    root_fd = os.open(root, _OPEN_DIRECTORY_FLAGS)
+    try:
+        return _regular_file_bytes_at(root_fd, root)
+    finally:
+        os.close(root_fd)
+
+
+def _regular_file_bytes_at(
+    root_fd: int, root_path: str, before_listing: Callable[[int, str], None] | None = None
+) -> int:
+    """Sum the sizes of the regular files under the open directory `root_fd`, never following symbolic links.
+
+    The walk opens each subdirectory relative to its parent's fd with
+    O_NOFOLLOW and keeps only the directories from the root to the current
+    one open. It calls `before_listing(fd, path)` for each directory, the
+    root included, before listing it. Entries that are removed or replaced
+    during the walk are left out. `root_fd` stays open.
+    """
+    root_subdirectories: list[str] = []
+    total = _list_regular_file_bytes(root_fd, root_path, root_subdirectories, before_listing)
+    # Each frame: an open directory fd, its path, and its subdirectories not walked yet.
+    stack = [(root_fd, root_path, root_subdirectories)]
+    try:
+        while stack:
+            directory_fd, path, subdirectories = stack[-1]
+            if not subdirectories:
+                stack.pop()
+                if directory_fd != root_fd:
+                    os.close(directory_fd)
+                continue
+
+            name = subdirectories.pop()
+            child_fd = _open_subdirectory_or_none(directory_fd, name)
+            if child_fd is None:
+                continue
+            child_path = os.path.join(path, name)
+            child_subdirectories: list[str] = []
+            stack.append((child_fd, child_path, child_subdirectories))
+            total += _list_regular_file_bytes(child_fd, child_path, child_subdirectories, before_listing)
+    finally:
+        for directory_fd, _, _ in stack:
+            if directory_fd != root_fd:
+                os.close(directory_fd)
     return total
+
+
+def _list_regular_file_bytes(
+    directory_fd: int,
+    path: str,
+    subdirectories: list[str],
+    before_listing: Callable[[int, str], None] | None,
+) -> int:
+    """Sum the sizes of the regular files in one open directory, and append the names of its subdirectories."""
+    if before_listing is not None:
+        before_listing(directory_fd, path)
+    total = 0
+    with os.scandir(directory_fd) as entries:
+        for entry in entries:
+            try:
+                entry_stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(entry_stat.st_mode):
+                subdirectories.append(entry.name)
+            elif stat.S_ISREG(entry_stat.st_mode):
+                total += entry_stat.st_size
+    return total
+
+
+def _open_subdirectory_or_none(directory_fd: int, name: str) -> int | None:
+    """Open a subdirectory without following a symbolic link, or return None if it is gone or no longer a directory."""
+    try:
+        return os.open(name, _OPEN_DIRECTORY_FLAGS, dir_fd=directory_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in _REPLACED_ERRNOS:
+            return None
+        raise
 
 
 def _remove_path(path: str | os.PathLike[str]) -> bool:
