@@ -18,7 +18,10 @@ anything else becomes `InternalError`:
     │   ├── FileSystemTypeNotSupported                   InvalidFileSystemType.NotSupported
     │   ├── IncorrectFileSystemStatus                    Instance.IncorrectStatus
     │   └── IncorrectSnapshotStatus                      InvalidSnapshot.IncorrectStatus
+    ├── InvalidCredential              UNAUTHENTICATED   InvalidCredential
+    ├── Forbidden                      PERMISSION_DENIED Forbidden.RAM
     ├── SnapshotQuotaExceeded          RESOURCE_EXHAUSTED QuotaExceeded.Snapshot
+    ├── Throttled                      RESOURCE_EXHAUSTED Throttling.User
     ├── SnapshotCreating               ABORTED           OperationConflict.SnapshotCreating
     ├── ServiceUnavailable             UNAVAILABLE       ServiceUnavailable
     └── InternalError                  INTERNAL          InternalError
@@ -35,10 +38,12 @@ __all__ = [
     "FileSystemAlreadyExists",
     "FileSystemNotFound",
     "FileSystemTypeNotSupported",
+    "Forbidden",
     "IdempotentParameterMismatch",
     "IncorrectFileSystemStatus",
     "IncorrectSnapshotStatus",
     "InternalError",
+    "InvalidCredential",
     "InvalidParameter",
     "MalformedRequest",
     "MissingParameter",
@@ -48,6 +53,7 @@ __all__ = [
     "SnapshotCreating",
     "SnapshotNotFound",
     "SnapshotQuotaExceeded",
+    "Throttled",
 ]
 
 
@@ -160,6 +166,35 @@ class SnapshotQuotaExceeded(NasError):
         )
         self.file_system_id = file_system_id
         self.limit = limit
+
+
+class InvalidCredential(NasError):
+    """The call carries no credential, or one that is unknown, revoked or malformed."""
+
+    code = "InvalidCredential"
+
+
+class Forbidden(NasError):
+    """The caller is authenticated but lacks the role the call needs."""
+
+    code = "Forbidden.RAM"
+
+
+class Throttled(NasError):
+    """The account made more calls than its limit allows in the current window.
+
+    Attributes:
+        retry_after: seconds until the window ends.
+    """
+
+    code = "Throttling.User"
+
+    def __init__(self, account: str, limit: int, window: int, retry_after: int) -> None:
+        super().__init__(
+            f"Account {account} made more than {limit} CreateSnapshot calls in {window} seconds. "
+            f"Retry after {retry_after} seconds."
+        )
+        self.retry_after = retry_after
 
 
 class SnapshotCreating(NasError):

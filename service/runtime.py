@@ -10,18 +10,22 @@ from service.settings import Settings
 from service.store.database import Database, wait_for_database
 from service.store.migrate import apply_migrations
 
-__all__ = ["open_database", "stop_on_signals"]
+__all__ = ["STARTUP_RETRY_DELAY", "open_database", "startup_attempts", "stop_on_signals"]
 
 logger = logging.getLogger(__name__)
 
-# How long a starting process waits for PostgreSQL before it gives up.
-_DATABASE_WAIT_ATTEMPTS = 30
-_DATABASE_WAIT_DELAY = 2.0
+# Seconds between two attempts to reach a dependency at start.
+STARTUP_RETRY_DELAY = 2.0
+
+
+def startup_attempts(settings: Settings) -> int:
+    """Return how many attempts fit in NAS_STARTUP_TIMEOUT."""
+    return max(1, int(settings.startup_timeout / STARTUP_RETRY_DELAY))
 
 
 async def open_database(settings: Settings, application_name: str) -> Database:
     """Wait for PostgreSQL, apply migrations if enabled, and open the pool."""
-    await wait_for_database(settings.database_url, attempts=_DATABASE_WAIT_ATTEMPTS, delay=_DATABASE_WAIT_DELAY)
+    await wait_for_database(settings.database_url, attempts=startup_attempts(settings), delay=STARTUP_RETRY_DELAY)
     if settings.migrate_on_start:
         await apply_migrations(settings.database_url)
     return await Database.connect(

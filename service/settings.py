@@ -8,11 +8,13 @@ with a message that names the variable, the value and what is expected.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
-__all__ = ["Settings", "SettingsError"]
+__all__ = ["Settings", "SettingsError", "is_loopback"]
 
 
 class SettingsError(ValueError):
@@ -59,6 +61,36 @@ class Settings:
     # HOST:PORT of a plaintext gRPC server that carries only the health
     # service, for probes that cannot use the API port; empty turns it off.
     health_address: str = ""
+    # PEM files of the API's TLS certificate chain and key; empty serves
+    # plaintext. A client CA file makes client certificates mandatory.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # Serve plaintext on an address beyond loopback anyway.
+    allow_plaintext: bool = False
+    # "auto": authentication on unless the API listens on loopback only.
+    auth: str = "auto"
+    # Accounts whose client certificates carry the admin role.
+    admin_accounts: tuple[str, ...] = ()
+    # CreateSnapshot calls an account may make per window, across replicas.
+    throttle_limit: int = 120
+    throttle_window: int = 60
+    # Seconds a starting process waits for PostgreSQL and RabbitMQ.
+    startup_timeout: float = 60.0
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Return the passwords in the connection URLs, which logs must never show."""
+        found = (urlsplit(self.database_url).password, urlsplit(self.amqp_url).password)
+        return tuple(secret for secret in found if secret)
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return is_loopback(self.grpc_address.rpartition(":")[0])
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "on" or (self.auth == "auto" and not self.listens_on_loopback)
     # Apply schema migrations when a process starts; turn off when a
     # separate migration step runs them.
     migrate_on_start: bool = True
@@ -98,6 +130,21 @@ class Settings:
                 raise SettingsError(f"{name}={raw} is too small; expected at least {minimum} seconds.")
             return value
 
+        def secret(name: str, default: str) -> str:
+            """Read NAME, or the file that NAME_FILE names, as Kubernetes mounts Secrets."""
+            path = env.get(f"{name}_FILE", "").strip()
+            if path and env.get(name, "").strip():
+                raise SettingsError(f"Set {name} or {name}_FILE, not both.")
+            if not path:
+                return text(name, default)
+            try:
+                value = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SettingsError(f"{name}_FILE={path!r} cannot be read: {exc.strerror}.") from None
+            if not value:
+                raise SettingsError(f"{name}_FILE={path!r} is empty.")
+            return value
+
         def boolean(name: str, default: bool) -> bool:
             raw = env.get(name, "").strip().lower()
             if not raw:
@@ -108,11 +155,11 @@ class Settings:
                 return False
             raise SettingsError(f"{name}={raw!r} is not a boolean; expected true or false.")
 
-        database_url = text("NAS_DATABASE_URL", defaults.database_url)
+        database_url = secret("NAS_DATABASE_URL", defaults.database_url)
         if not database_url.startswith(("postgresql://", "postgres://")):
             raise SettingsError("NAS_DATABASE_URL must be a postgresql:// URL.")
 
-        amqp_url = text("NAS_AMQP_URL", defaults.amqp_url)
+        amqp_url = secret("NAS_AMQP_URL", defaults.amqp_url)
         if not amqp_url.startswith(("amqp://", "amqps://")):
             raise SettingsError("NAS_AMQP_URL must be an amqp:// or amqps:// URL.")
 
@@ -133,6 +180,28 @@ class Settings:
         health_address = text("NAS_HEALTH_ADDRESS", "")
         if health_address:
             _check_address("NAS_HEALTH_ADDRESS", health_address)
+
+        tls_cert_file = text("NAS_TLS_CERT_FILE", "")
+        tls_key_file = text("NAS_TLS_KEY_FILE", "")
+        tls_client_ca_file = text("NAS_TLS_CLIENT_CA_FILE", "")
+        if bool(tls_cert_file) != bool(tls_key_file):
+            raise SettingsError("Set both NAS_TLS_CERT_FILE and NAS_TLS_KEY_FILE, or neither.")
+        if tls_client_ca_file and not tls_cert_file:
+            raise SettingsError("NAS_TLS_CLIENT_CA_FILE needs NAS_TLS_CERT_FILE and NAS_TLS_KEY_FILE.")
+        for name, path in (
+            ("NAS_TLS_CERT_FILE", tls_cert_file),
+            ("NAS_TLS_KEY_FILE", tls_key_file),
+            ("NAS_TLS_CLIENT_CA_FILE", tls_client_ca_file),
+        ):
+            if path and not Path(path).is_file():
+                raise SettingsError(f"{name}={path!r} is not a readable file.")
+
+        auth = text("NAS_AUTH", defaults.auth).lower()
+        if auth not in ("auto", "on", "off"):
+            raise SettingsError(f"NAS_AUTH={auth!r} is not auto, on or off.")
+        admin_accounts = tuple(
+            account.strip() for account in env.get("NAS_ADMIN_ACCOUNTS", "").split(",") if account.strip()
+        )
 
         log_level = text("NAS_LOG_LEVEL", defaults.log_level).upper()
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -156,6 +225,15 @@ class Settings:
             log_format=log_format,
             metrics_address=metrics_address,
             health_address=health_address,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+            tls_client_ca_file=tls_client_ca_file,
+            allow_plaintext=boolean("NAS_ALLOW_PLAINTEXT", defaults.allow_plaintext),
+            auth=auth,
+            admin_accounts=admin_accounts,
+            throttle_limit=integer("NAS_THROTTLE_LIMIT", defaults.throttle_limit, 1, 1_000_000),
+            throttle_window=integer("NAS_THROTTLE_WINDOW", defaults.throttle_window, 1, 86_400),
+            startup_timeout=number("NAS_STARTUP_TIMEOUT", defaults.startup_timeout, 1.0),
             migrate_on_start=boolean("NAS_MIGRATE_ON_START", defaults.migrate_on_start),
             log_level=log_level,
         )
@@ -165,3 +243,14 @@ def _check_address(name: str, address: str) -> None:
     host, separator, port = address.rpartition(":")
     if not separator or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise SettingsError(f"{name}={address!r} is not HOST:PORT, for example 127.0.0.1:50051.")
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether a listen host reaches only this machine (0.0.0.0 and [::] do not)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -33,7 +33,7 @@ class PausingDriver(LocalDriver):
 
 async def main(marker: pathlib.Path) -> None:
     settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.secrets)
     database = await open_database(settings, "nas-snapshots-pausing-worker")
     worker = Worker(settings, database, driver=PausingDriver(settings.data_root, marker))
     await worker.start()

@@ -23,6 +23,7 @@ def environment_for(settings: Settings, **extra: str) -> dict[str, str]:
         "NAS_DATA_ROOT": str(settings.data_root),
         "NAS_MIGRATE_ON_START": "false",
         "NAS_LOG_LEVEL": "DEBUG",
+        "NAS_THROTTLE_LIMIT": str(settings.throttle_limit),
         **extra,
     }
 

@@ -212,7 +212,7 @@ async def test_expiry_independent_of_time_zone(api, settings, database_url, zone
 
         file_system_id = await api.register()
         params = validate_create_snapshot(file_system_id, "", "", 3, "")
-        admission = await admit_snapshot(database, params, 64)
+        admission = await admit_snapshot(database, params, 64, "default")
         async with pool.acquire() as connection:
             period = await connection.fetchval(
                 "SELECT expires_at - created_at FROM snapshots WHERE snapshot_id = $1", admission.snapshot_id

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"nas-snapshots worker: invalid setting: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.secrets)
     if settings.metrics_address and arguments.command == "run":
         serve_metrics(settings.metrics_address)
 

@@ -30,6 +30,7 @@ from worker import topology
 from worker.drivers import create_driver
 from worker.drivers.base import StorageDriver
 from service.health import HealthReporter
+from service.runtime import STARTUP_RETRY_DELAY, startup_attempts
 from worker.gauges import refresh_gauges
 from worker.reaper import Reaper
 from worker.reconciler import Reconciler
@@ -45,8 +46,6 @@ logger = logging.getLogger(__name__)
 _MAX_RETRY_DELAY = 30.0
 # Seconds an ack, nack or reject may take before the worker stops waiting.
 _SETTLE_TIMEOUT = 10.0
-_CONNECT_ATTEMPTS = 30
-_CONNECT_DELAY = 2.0
 
 
 class Worker:
@@ -79,7 +78,7 @@ class Worker:
 
     async def start(self) -> None:
         # Connect; a broker that is down at start is waited for, with a log line per try.
-        self._connection = await _connect(self._settings.amqp_url, self.owner)
+        self._connection = await _connect(self._settings.amqp_url, self.owner, startup_attempts(self._settings))
 
         # One channel publishes with confirms and raises on unroutable messages.
         publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -263,15 +262,15 @@ async def _settle(acknowledgement: Awaitable[object]) -> None:
         logger.warning("Could not settle a message; the broker will redeliver it: %s", exc)
 
 
-async def _connect(url: str, name: str) -> AbstractRobustConnection:
-    for attempt in range(1, _CONNECT_ATTEMPTS + 1):
+async def _connect(url: str, name: str, attempts: int) -> AbstractRobustConnection:
+    for attempt in range(1, attempts + 1):
         try:
             return await aio_pika.connect_robust(url, client_properties={"connection_name": name}, timeout=10)
         except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
-            if attempt == _CONNECT_ATTEMPTS:
+            if attempt == attempts:
                 raise
-            logger.warning("RabbitMQ is not reachable (attempt %d of %d): %s", attempt, _CONNECT_ATTEMPTS, exc)
-            await asyncio.sleep(_CONNECT_DELAY)
+            logger.warning("RabbitMQ is not reachable (attempt %d of %d): %s", attempt, attempts, exc)
+            await asyncio.sleep(STARTUP_RETRY_DELAY)
     raise AssertionError("the loop returns or raises")
 
 

@@ -60,6 +60,7 @@ def snapshot_message(record: SnapshotRecord) -> snapshots_pb2.Snapshot:
 def file_system_message(record: FileSystemRecord) -> file_systems_pb2.FileSystem:
     message = file_systems_pb2.FileSystem(
         file_system_id=record.file_system_id,
+        account=record.account,
         file_system_type=record.file_system_type,
         status=record.status,
         capacity=record.capacity_gib,

@@ -24,6 +24,7 @@ class FileSystemService(file_systems_pb2_grpc.FileSystemServiceServicer):
     ) -> file_systems_pb2.RegisterFileSystemResponse:
         spec = file_system_rules.validate_registration(
             file_system_id=request.file_system_id,
+            account=request.account,
             file_system_type=request.file_system_type,
             status=request.status,
             capacity_gib=request.capacity,

@@ -1,9 +1,11 @@
-"""Per-call request ids, and the boundary where errors become statuses.
+"""Per-call request ids, authentication, and the boundary where errors become statuses.
 
-Every nas.v1 call gets a request id before its handler runs. Handlers
-raise domain errors, which this interceptor turns into a gRPC status with
-rich details (`service.api.status`). Anything unexpected becomes INTERNAL
-`InternalError`, logged with its traceback but never shown to the caller. Health and reflection calls pass through untouched.
+Every nas.v1 call gets a request id and is authenticated before its
+handler runs. Health and reflection pass through untouched, so probes
+and grpcurl's listing work without credentials. Handlers raise domain
+errors, which this interceptor turns into a gRPC status with rich
+details (`service.api.status`). Anything unexpected becomes INTERNAL
+`InternalError`, logged with its traceback but never shown to the caller.
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ import grpc
 from grpc_status import rpc_status
 
 from service import metrics
+from service.api.auth import Authenticator
 from service.api.status import status_code_for, to_rpc_status
+from service.domain.identity import DEFAULT_CALLER, Caller
 from service.domain.ids import is_file_system_id, is_snapshot_id, new_request_id
 from service.errors import InternalError, MalformedRequest, NasError
 from service.logs import bind_ids
 
-__all__ = ["RequestInterceptor", "current_request_id"]
+__all__ = ["RequestInterceptor", "current_caller", "current_request_id"]
 
 logger = logging.getLogger(__name__)
 
 _API_PREFIX = "/nas.v1."
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("nas_request_id", default="")
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("nas_caller", default=DEFAULT_CALLER)
 
 
 def current_request_id() -> str:
@@ -36,7 +41,15 @@ def current_request_id() -> str:
     return _request_id.get()
 
 
+def current_caller() -> Caller:
+    """Return who makes the call being handled in this task."""
+    return _caller.get()
+
+
 class RequestInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -53,10 +66,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             request_id = new_request_id()
             token = _request_id.set(request_id)
+            caller_token = None
             started = time.monotonic()
             try:
                 with bind_ids(request_id=request_id, **_well_formed_ids(request)):
                     try:
+                        caller = await self._authenticator.authenticate(method, context)
+                        caller_token = _caller.set(caller)
                         if isinstance(request, _UnparsableRequest):
                             raise MalformedRequest(request.reason)
                         response = await inner(request, context)
@@ -75,6 +91,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                     return response
             finally:
                 _request_id.reset(token)
+                if caller_token is not None:
+                    _caller.reset(caller_token)
 
         return grpc.unary_unary_rpc_method_handler(
             handle,

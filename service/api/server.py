@@ -7,6 +7,7 @@ API unready, because accepted work waits in the outbox.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health
@@ -24,11 +25,13 @@ from nas.v1 import (
     snapshots_pb2_grpc,
 )
 from service.api.admin import AdminService
+from service.api.auth import Authenticator
 from service.api.file_systems import FileSystemService
 from service.api.interceptor import RequestInterceptor
 from service.api.snapshots import SnapshotService
+from service.domain.throttling import Throttle
 from service.health import HealthReporter
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 from service.store.database import Database
 
 __all__ = ["ApiServer"]
@@ -52,7 +55,7 @@ class ApiServer:
             database.ping, process="API", extra_names=API_SERVICE_NAMES, interval=readiness_interval
         )
         self._server = grpc.aio.server(
-            interceptors=[RequestInterceptor()],
+            interceptors=[RequestInterceptor(Authenticator(database, settings))],
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -69,7 +72,12 @@ class ApiServer:
             ],
         )
         snapshots_pb2_grpc.add_SnapshotServiceServicer_to_server(
-            SnapshotService(database, settings.snapshot_limit), self._server
+            SnapshotService(
+                database,
+                settings.snapshot_limit,
+                Throttle(database, settings.throttle_limit, settings.throttle_window),
+            ),
+            self._server,
         )
         file_systems_pb2_grpc.add_FileSystemServiceServicer_to_server(FileSystemService(database), self._server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(database), self._server)
@@ -81,7 +89,7 @@ class ApiServer:
 
     async def start(self) -> int:
         """Bind the address, start serving and return the bound port."""
-        self.port = self._server.add_insecure_port(self._settings.grpc_address)
+        self.port = self._bind()
         if self.port == 0:
             raise OSError(f"Cannot bind the gRPC address {self._settings.grpc_address}")
         # Readiness is known before the first call can arrive.
@@ -89,6 +97,39 @@ class ApiServer:
         await self._server.start()
         logger.info("gRPC API listening on %s (port %d)", self._settings.grpc_address, self.port)
         return self.port
+
+    def _bind(self) -> int:
+        """Bind the API address with TLS or plaintext, refusing plaintext beyond loopback unless allowed."""
+        settings = self._settings
+        if settings.tls_cert_file:
+            client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+            credentials = grpc.ssl_server_credentials(
+                [(Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            logger.info("TLS is on%s", ", client certificates required" if client_ca else "")
+            port = self._server.add_secure_port(settings.grpc_address, credentials)
+        else:
+            if not settings.listens_on_loopback:
+                if not settings.allow_plaintext:
+                    raise SettingsError(
+                        f"NAS_GRPC_ADDRESS={settings.grpc_address} listens beyond loopback without TLS. Set "
+                        "NAS_TLS_CERT_FILE and NAS_TLS_KEY_FILE, or NAS_ALLOW_PLAINTEXT=true where a trusted "
+                        "network or service mesh encrypts the traffic."
+                    )
+                logger.warning("Serving plaintext beyond loopback on %s (NAS_ALLOW_PLAINTEXT)", settings.grpc_address)
+            port = self._server.add_insecure_port(settings.grpc_address)
+
+        if settings.auth == "off" and not settings.listens_on_loopback:
+            raise SettingsError("NAS_AUTH=off is allowed only when NAS_GRPC_ADDRESS is a loopback address.")
+        if settings.auth_enabled:
+            logger.info("Authentication is on: calls need a bearer token or a client certificate")
+        else:
+            logger.warning(
+                "Authentication is off: every call acts as account 'default' with the admin role (loopback only)"
+            )
+        return port
 
     async def stop(self, grace: float) -> None:
         """Stop taking calls, let calls in flight finish within `grace` seconds, then stop."""

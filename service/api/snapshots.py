@@ -8,8 +8,9 @@ import grpc
 
 from nas.v1 import snapshots_pb2, snapshots_pb2_grpc
 from service.api.convert import snapshot_message
-from service.api.interceptor import current_request_id
+from service.api.interceptor import current_caller, current_request_id
 from service.domain import snapshots as snapshot_rules
+from service.domain.throttling import Throttle
 from service.domain.validation import (
     SNAPSHOT_STATUSES,
     SNAPSHOT_TYPES,
@@ -31,9 +32,10 @@ logger = logging.getLogger(__name__)
 
 
 class SnapshotService(snapshots_pb2_grpc.SnapshotServiceServicer):
-    def __init__(self, database: Database, snapshot_limit: int) -> None:
+    def __init__(self, database: Database, snapshot_limit: int, throttle: Throttle) -> None:
         self._database = database
         self._snapshot_limit = snapshot_limit
+        self._throttle = throttle
 
     async def CreateSnapshot(
         self, request: snapshots_pb2.CreateSnapshotRequest, context: grpc.aio.ServicerContext
@@ -47,7 +49,10 @@ class SnapshotService(snapshots_pb2_grpc.SnapshotServiceServicer):
         )
 
         with bind_ids(file_system_id=params.file_system_id):
-            admission = await snapshot_rules.admit_snapshot(self._database, params, self._snapshot_limit)
+            await self._throttle.admit(current_caller().account)
+            admission = await snapshot_rules.admit_snapshot(
+                self._database, params, self._snapshot_limit, current_caller().account
+            )
             if not admission.replayed:
                 with bind_ids(snapshot_id=admission.snapshot_id):
                     if params.retention_days == -1:
@@ -61,6 +66,7 @@ class SnapshotService(snapshots_pb2_grpc.SnapshotServiceServicer):
         self, request: snapshots_pb2.DescribeSnapshotsRequest, context: grpc.aio.ServicerContext
     ) -> snapshots_pb2.DescribeSnapshotsResponse:
         where = SnapshotFilter(
+            account=current_caller().account,
             file_system_id=check_file_system_id(request.file_system_id) if request.file_system_id else None,
             snapshot_ids=check_snapshot_id_filter(list(request.snapshot_ids)) if request.snapshot_ids else None,
             snapshot_name=check_snapshot_name_filter(request.snapshot_name),
@@ -87,7 +93,7 @@ class SnapshotService(snapshots_pb2_grpc.SnapshotServiceServicer):
     ) -> snapshots_pb2.DeleteSnapshotResponse:
         snapshot_id = check_snapshot_id(request.snapshot_id)
         with bind_ids(snapshot_id=snapshot_id):
-            await snapshot_rules.delete_snapshot(self._database, snapshot_id)
+            await snapshot_rules.delete_snapshot(self._database, snapshot_id, current_caller().account)
         return snapshots_pb2.DeleteSnapshotResponse(request_id=current_request_id())
 
 

@@ -17,12 +17,15 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from service.errors import (
     AlreadyExists,
     FailedPrecondition,
+    Forbidden,
+    InvalidCredential,
     InvalidParameter,
     NasError,
     NotFound,
     ServiceUnavailable,
     SnapshotCreating,
     SnapshotQuotaExceeded,
+    Throttled,
 )
 
 __all__ = ["ERROR_DOMAIN", "STATUS_CODES", "status_code_for", "to_rpc_status"]
@@ -34,7 +37,10 @@ STATUS_CODES: dict[type[NasError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    InvalidCredential: grpc.StatusCode.UNAUTHENTICATED,
+    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
     SnapshotQuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Throttled: grpc.StatusCode.RESOURCE_EXHAUSTED,
     # ABORTED, as the CSI specification returns for an operation already
     # pending: the caller may retry once the creation has finished.
     SnapshotCreating: grpc.StatusCode.ABORTED,
@@ -80,10 +86,11 @@ def to_rpc_status(error: NasError, request_id: str) -> status_pb2.Status:
                 ]
             )
         )
-    for cls in type(error).__mro__:
-        if cls in _RETRY_DELAYS:
-            details.append(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=_RETRY_DELAYS[cls])))
-            break
+    delay = getattr(error, "retry_after", None)
+    if delay is None:
+        delay = next((_RETRY_DELAYS[cls] for cls in type(error).__mro__ if cls in _RETRY_DELAYS), None)
+    if delay is not None:
+        details.append(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=delay)))
 
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=f"{error.code}: {error.message}")
     for detail in details:

@@ -21,6 +21,7 @@ from service.domain.validation import (
     Page,
     check_file_system_id,
 )
+from service.domain.identity import check_account
 from service.errors import FileSystemAlreadyExists, FileSystemNotFound, InvalidParameter, MissingParameter
 from service.store import file_systems, outbox, snapshots
 from service.store.database import Database
@@ -46,6 +47,7 @@ _MAX_CAPACITY_GIB = 1 << 30
 @dataclasses.dataclass(frozen=True)
 class FileSystemSpec:
     file_system_id: str
+    account: str
     file_system_type: str
     status: str
     capacity_gib: int
@@ -70,6 +72,7 @@ def _check_status(status: str) -> str:
 
 def validate_registration(
     file_system_id: str,
+    account: str,
     file_system_type: str,
     status: str,
     capacity_gib: int,
@@ -94,7 +97,8 @@ def validate_registration(
             "capacity", "Capacity", f"The capacity {capacity_gib} is invalid; it must be 1 to {_MAX_CAPACITY_GIB} GiB."
         )
 
-    return FileSystemSpec(file_system_id, file_system_type, status, capacity_gib, expired_time)
+    account = check_account(account or "default")
+    return FileSystemSpec(file_system_id, account, file_system_type, status, capacity_gib, expired_time)
 
 
 def validate_update(
@@ -116,11 +120,19 @@ async def register_file_system(database: Database, spec: FileSystemSpec) -> File
     """Record the file system, or return it unchanged when the same values were registered before."""
     async with database.transaction() as connection:
         created = await file_systems.insert(
-            connection, spec.file_system_id, spec.file_system_type, spec.status, spec.capacity_gib, spec.expired_time
+            connection,
+            spec.file_system_id,
+            spec.account,
+            spec.file_system_type,
+            spec.status,
+            spec.capacity_gib,
+            spec.expired_time,
         )
         if created is not None:
             await outbox.enqueue(connection, messages.PROVISION_FILE_SYSTEM, {"file_system_id": spec.file_system_id})
-            logger.info("Registered file system %s (%s)", spec.file_system_id, spec.file_system_type)
+            logger.info(
+            "Registered file system %s (%s) for account %s", spec.file_system_id, spec.file_system_type, spec.account
+        )
             return created
 
         existing = await file_systems.get(connection, spec.file_system_id)
@@ -130,12 +142,14 @@ async def register_file_system(database: Database, spec: FileSystemSpec) -> File
             f"The file system {spec.file_system_id} was released; a released id cannot be registered again."
         )
     registered = {
+        "account": existing.account,
         "file_system_type": existing.file_system_type,
         "status": existing.status,
         "capacity": existing.capacity_gib,
         "expired_time": existing.expired_time,
     }
     requested = {
+        "account": spec.account,
         "file_system_type": spec.file_system_type,
         "status": spec.status,
         "capacity": spec.capacity_gib,
@@ -146,7 +160,7 @@ async def register_file_system(database: Database, spec: FileSystemSpec) -> File
         raise FileSystemAlreadyExists(
             f"The file system {spec.file_system_id} is already registered with a different "
             f"{' and '.join(differing)}. UpdateFileSystem changes the status and the expired time; "
-            "the type and capacity of a registered file system cannot change."
+            "the account, type and capacity of a registered file system cannot change."
         )
 
     # A repeated registration also repairs missing storage: provisioning

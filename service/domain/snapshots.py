@@ -70,11 +70,13 @@ def check_normal_status(file_system: FileSystemRecord) -> None:
         )
 
 
-async def admit_snapshot(database: Database, params: CreateSnapshotParams, snapshot_limit: int) -> Admission:
-    """Record a new snapshot and its work message, or raise the first rule it breaks."""
+async def admit_snapshot(
+    database: Database, params: CreateSnapshotParams, snapshot_limit: int, account: str
+) -> Admission:
+    """Record a new snapshot for the caller's account, or raise the first rule it breaks."""
     try:
         async with database.transaction() as connection:
-            return await _admit(connection, params, snapshot_limit)
+            return await _admit(connection, params, snapshot_limit, account)
     except asyncpg.UniqueViolationError as exc:
         # Only reachable if some path wrote a snapshot without the file
         # system lock; the index keeps the rule anyway.
@@ -84,10 +86,13 @@ async def admit_snapshot(database: Database, params: CreateSnapshotParams, snaps
         raise SnapshotCreating(_creating_message(params.file_system_id)) from exc
 
 
-async def _admit(connection: asyncpg.Connection, params: CreateSnapshotParams, snapshot_limit: int) -> Admission:
-    # The row lock serialises every admission on this file system.
+async def _admit(
+    connection: asyncpg.Connection, params: CreateSnapshotParams, snapshot_limit: int, account: str
+) -> Admission:
+    # The row lock serialises every admission on this file system. Another
+    # account's file system looks exactly like an unknown one.
     file_system = await file_systems.lock(connection, params.file_system_id)
-    if file_system is None or file_system.released_at is not None:
+    if file_system is None or file_system.released_at is not None or file_system.account != account:
         raise FileSystemNotFound(params.file_system_id)
 
     # A replay returns the first result before any state-dependent check,
@@ -119,6 +124,7 @@ async def _admit(connection: asyncpg.Connection, params: CreateSnapshotParams, s
         connection,
         snapshot_id=snapshot_id,
         file_system_id=params.file_system_id,
+        account=account,
         snapshot_name=params.snapshot_name,
         description=params.description,
         retention_days=params.retention_days,
@@ -150,7 +156,7 @@ async def describe_snapshots(
         return await snapshots.describe(connection, where, page.size, page.offset)
 
 
-async def delete_snapshot(database: Database, snapshot_id: str) -> bool:
+async def delete_snapshot(database: Database, snapshot_id: str, account: str) -> bool:
     """Delete a snapshot in any state; return False if it was deleted before.
 
     A snapshot still being created is cancelled: its creator loses the
@@ -159,7 +165,7 @@ async def delete_snapshot(database: Database, snapshot_id: str) -> bool:
     """
     async with database.transaction() as connection:
         found = await snapshots.get(connection, snapshot_id)
-        if found is None:
+        if found is None or found.account != account:
             raise SnapshotNotFound(snapshot_id)
 
         # Lock the file system before the snapshot, as every path does, so

@@ -10,7 +10,8 @@ import asyncpg
 __all__ = ["FileSystemRecord", "count", "get", "insert", "list_page", "lock", "mark_provisioned", "release", "update"]
 
 _COLUMNS = """
-    file_system_id, file_system_type, status, capacity_gib, expired_time, created_at, released_at, provisioned_at,
+    file_system_id, account, file_system_type, status, capacity_gib, expired_time, created_at, released_at,
+    provisioned_at,
     (expired_time IS NOT NULL AND expired_time <= now()) AS expired
 """
 
@@ -18,6 +19,8 @@ _COLUMNS = """
 @dataclasses.dataclass(frozen=True)
 class FileSystemRecord:
     file_system_id: str
+    # The account that owns the file system and its snapshots.
+    account: str
     file_system_type: str
     status: str
     capacity_gib: int
@@ -56,6 +59,7 @@ async def lock(connection: asyncpg.Connection, file_system_id: str) -> FileSyste
 async def insert(
     connection: asyncpg.Connection,
     file_system_id: str,
+    account: str,
     file_system_type: str,
     status: str,
     capacity_gib: int,
@@ -64,12 +68,13 @@ async def insert(
     """Insert a file system; return None when the id is already taken."""
     row = await connection.fetchrow(
         f"""
-        INSERT INTO file_systems (file_system_id, file_system_type, status, capacity_gib, expired_time)
-        VALUES ($1, $2, $3, $4, $5)
+        INSERT INTO file_systems (file_system_id, account, file_system_type, status, capacity_gib, expired_time)
+        VALUES ($1, $2, $3, $4, $5, $6)
         ON CONFLICT (file_system_id) DO NOTHING
         RETURNING {_COLUMNS}
         """,
         file_system_id,
+        account,
         file_system_type,
         status,
         capacity_gib,

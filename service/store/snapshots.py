@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 _COLUMNS = """
-    snapshot_id, file_system_id, snapshot_name, description, snapshot_type, status, progress,
+    snapshot_id, file_system_id, account, snapshot_name, description, snapshot_type, status, progress,
     remain_time, retention_days, expires_at, source_file_system_size, size_bytes, status_reason,
     created_at, completed_at, deleted_at, deletion_reason, data_removed_at, lease_owner,
     lease_expires_at, attempts, last_error, redriven_at
@@ -51,6 +51,8 @@ _COLUMNS = """
 class SnapshotRecord:
     snapshot_id: str
     file_system_id: str
+    # The account that owns the snapshot's file system, copied at creation.
+    account: str
     snapshot_name: str
     description: str
     snapshot_type: str
@@ -89,6 +91,7 @@ class Usage:
 
 @dataclasses.dataclass(frozen=True)
 class SnapshotFilter:
+    account: str
     file_system_id: str | None = None
     snapshot_ids: list[str] | None = None
     snapshot_name: str | None = None
@@ -113,6 +116,7 @@ async def insert(
     *,
     snapshot_id: str,
     file_system_id: str,
+    account: str,
     snapshot_name: str,
     description: str,
     retention_days: int,
@@ -127,11 +131,11 @@ async def insert(
     row = await connection.fetchrow(
         f"""
         INSERT INTO snapshots (
-            snapshot_id, file_system_id, snapshot_name, description, status,
+            snapshot_id, file_system_id, account, snapshot_name, description, status,
             retention_days, expires_at, source_file_system_size
         )
         VALUES (
-            $1, $2, $3, $4, 'progressing', $5,
+            $1, $2, $7, $3, $4, 'progressing', $5,
             CASE WHEN $5 = -1 THEN NULL ELSE now() + make_interval(hours => 24 * $5) END,
             $6
         )
@@ -143,6 +147,7 @@ async def insert(
         description,
         retention_days,
         source_file_system_size,
+        account,
     )
     return SnapshotRecord.from_row(row)
 
@@ -167,6 +172,7 @@ async def describe(
         arguments.append(value)
         conditions.append(condition.format(f"${len(arguments)}"))
 
+    add("account = {}", where.account)
     if where.file_system_id is not None:
         add("file_system_id = {}", where.file_system_id)
     if where.snapshot_ids is not None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nas/v1/file_systems.proto\x12\x06nas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x01\n\x19RegisterFileSystemRequest\x12\x16\n\x0e\x66ile_system_id\x18\x01 \x01(\t\x12\x18\n\x10\x66ile_system_type\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x03\x12\x30\n\x0c\x65xpired_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x1aRegisterFileSystemResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x0b\x66ile_system\x18\x02 \x01(\x0b\x32\x12.nas.v1.FileSystem\"\x9f\x01\n\x17UpdateFileSystemRequest\x12\x16\n\x0e\x66ile_system_id\x18\x01 \x01(\t\x12\x13\n\x06status\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x30\n\x0c\x65xpired_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x63lear_expired_time\x18\x04 \x01(\x08\x42\t\n\x07_status\"W\n\x18UpdateFileSystemResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x0b\x66ile_system\x18\x02 \x01(\x0b\x32\x12.nas.v1.FileSystem\"\x85\x01\n\x1a\x44\x65scribeFileSystemsRequest\x12\x17\n\x0f\x66ile_system_ids\x18\x01 \x03(\t\x12\x18\n\x0bpage_number\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tpage_size\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x0e\n\x0c_page_numberB\x0c\n\n_page_size\"\x98\x01\n\x1b\x44\x65scribeFileSystemsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0btotal_count\x18\x02 \x01(\x03\x12\x13\n\x0bpage_number\x18\x03 \x01(\x05\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12(\n\x0c\x66ile_systems\x18\x05 \x03(\x0b\x32\x12.nas.v1.FileSystem\"2\n\x18ReleaseFileSystemRequest\x12\x16\n\x0e\x66ile_system_id\x18\x01 \x01(\t\"M\n\x19ReleaseFileSystemResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1c\n\x14\x64\x65leted_snapshot_ids\x18\x02 \x03(\t\"\xd4\x01\n\nFileSystem\x12\x16\n\x0e\x66ile_system_id\x18\x01 \x01(\t\x12\x18\n\x10\x66ile_system_type\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x03\x12\x30\n\x0c\x65xpired_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x81\x03\n\x11\x46ileSystemService\x12[\n\x12RegisterFileSystem\x12!.nas.v1.RegisterFileSystemRequest\x1a\".nas.v1.RegisterFileSystemResponse\x12U\n\x10UpdateFileSystem\x12\x1f.nas.v1.UpdateFileSystemRequest\x1a .nas.v1.UpdateFileSystemResponse\x12^\n\x13\x44\x65scribeFileSystems\x12\".nas.v1.DescribeFileSystemsRequest\x1a#.nas.v1.DescribeFileSystemsResponse\x12X\n\x11ReleaseFileSystem\x12 .nas.v1.ReleaseFileSystemRequest\x1a!.nas.v1.ReleaseFileSystemResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19nas/v1/file_systems.proto\x12\x06nas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x01\n\x19RegisterFileSystemRequest\x12\x16\n\x0e\x66ile_system_id\x18\x01 \x01(\t\x12\x18\n\x10\x66ile_system_type\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x03\x12\x30\n\x0c\x65xpired_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61\x63\x63ount\x18\x06 \x01(\t\"Y\n\x1aRegisterFileSystemResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x0b\x66ile_system\x18\x02 \x01(\x0b\x32\x12.nas.v1.FileSystem\"\x9f\x01\n\x17UpdateFileSystemRequest\x12\x16\n\x0e\x66ile_system_id\x18\x01 \x01(\t\x12\x13\n\x06status\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x30\n\x0c\x65xpired_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x63lear_expired_time\x18\x04 \x01(\x08\x42\t\n\x07_status\"W\n\x18UpdateFileSystemResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x0b\x66ile_system\x18\x02 \x01(\x0b\x32\x12.nas.v1.FileSystem\"\x85\x01\n\x1a\x44\x65scribeFileSystemsRequest\x12\x17\n\x0f\x66ile_system_ids\x18\x01 \x03(\t\x12\x18\n\x0bpage_number\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tpage_size\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x0e\n\x0c_page_numberB\x0c\n\n_page_size\"\x98\x01\n\x1b\x44\x65scribeFileSystemsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0btotal_count\x18\x02 \x01(\x03\x12\x13\n\x0bpage_number\x18\x03 \x01(\x05\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12(\n\x0c\x66ile_systems\x18\x05 \x03(\x0b\x32\x12.nas.v1.FileSystem\"2\n\x18ReleaseFileSystemRequest\x12\x16\n\x0e\x66ile_system_id\x18\x01 \x01(\t\"M\n\x19ReleaseFileSystemResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1c\n\x14\x64\x65leted_snapshot_ids\x18\x02 \x03(\t\"\xe5\x01\n\nFileSystem\x12\x16\n\x0e\x66ile_system_id\x18\x01 \x01(\t\x12\x18\n\x10\x66ile_system_type\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x03\x12\x30\n\x0c\x65xpired_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61\x63\x63ount\x18\x08 \x01(\t2\x81\x03\n\x11\x46ileSystemService\x12[\n\x12RegisterFileSystem\x12!.nas.v1.RegisterFileSystemRequest\x1a\".nas.v1.RegisterFileSystemResponse\x12U\n\x10UpdateFileSystem\x12\x1f.nas.v1.UpdateFileSystemRequest\x1a .nas.v1.UpdateFileSystemResponse\x12^\n\x13\x44\x65scribeFileSystems\x12\".nas.v1.DescribeFileSystemsRequest\x1a#.nas.v1.DescribeFileSystemsResponse\x12X\n\x11ReleaseFileSystem\x12 .nas.v1.ReleaseFileSystemRequest\x1a!.nas.v1.ReleaseFileSystemResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nas.v1.file_systems_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERFILESYSTEMREQUEST']._serialized_start=71
-  _globals['_REGISTERFILESYSTEMREQUEST']._serialized_end=232
-  _globals['_REGISTERFILESYSTEMRESPONSE']._serialized_start=234
-  _globals['_REGISTERFILESYSTEMRESPONSE']._serialized_end=323
-  _globals['_UPDATEFILESYSTEMREQUEST']._serialized_start=326
-  _globals['_UPDATEFILESYSTEMREQUEST']._serialized_end=485
-  _globals['_UPDATEFILESYSTEMRESPONSE']._serialized_start=487
-  _globals['_UPDATEFILESYSTEMRESPONSE']._serialized_end=574
-  _globals['_DESCRIBEFILESYSTEMSREQUEST']._serialized_start=577
-  _globals['_DESCRIBEFILESYSTEMSREQUEST']._serialized_end=710
-  _globals['_DESCRIBEFILESYSTEMSRESPONSE']._serialized_start=713
-  _globals['_DESCRIBEFILESYSTEMSRESPONSE']._serialized_end=865
-  _globals['_RELEASEFILESYSTEMREQUEST']._serialized_start=867
-  _globals['_RELEASEFILESYSTEMREQUEST']._serialized_end=917
-  _globals['_RELEASEFILESYSTEMRESPONSE']._serialized_start=919
-  _globals['_RELEASEFILESYSTEMRESPONSE']._serialized_end=996
-  _globals['_FILESYSTEM']._serialized_start=999
-  _globals['_FILESYSTEM']._serialized_end=1211
-  _globals['_FILESYSTEMSERVICE']._serialized_start=1214
-  _globals['_FILESYSTEMSERVICE']._serialized_end=1599
+  _globals['_REGISTERFILESYSTEMREQUEST']._serialized_end=249
+  _globals['_REGISTERFILESYSTEMRESPONSE']._serialized_start=251
+  _globals['_REGISTERFILESYSTEMRESPONSE']._serialized_end=340
+  _globals['_UPDATEFILESYSTEMREQUEST']._serialized_start=343
+  _globals['_UPDATEFILESYSTEMREQUEST']._serialized_end=502
+  _globals['_UPDATEFILESYSTEMRESPONSE']._serialized_start=504
+  _globals['_UPDATEFILESYSTEMRESPONSE']._serialized_end=591
+  _globals['_DESCRIBEFILESYSTEMSREQUEST']._serialized_start=594
+  _globals['_DESCRIBEFILESYSTEMSREQUEST']._serialized_end=727
+  _globals['_DESCRIBEFILESYSTEMSRESPONSE']._serialized_start=730
+  _globals['_DESCRIBEFILESYSTEMSRESPONSE']._serialized_end=882
+  _globals['_RELEASEFILESYSTEMREQUEST']._serialized_start=884
+  _globals['_RELEASEFILESYSTEMREQUEST']._serialized_end=934
+  _globals['_RELEASEFILESYSTEMRESPONSE']._serialized_start=936
+  _globals['_RELEASEFILESYSTEMRESPONSE']._serialized_end=1013
+  _globals['_FILESYSTEM']._serialized_start=1016
+  _globals['_FILESYSTEM']._serialized_end=1245
+  _globals['_FILESYSTEMSERVICE']._serialized_start=1248
+  _globals['_FILESYSTEMSERVICE']._serialized_end=1633
 # @@protoc_insertion_point(module_scope)

@@ -10,18 +10,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterFileSystemRequest(_message.Message):
-    __slots__ = ("file_system_id", "file_system_type", "status", "capacity", "expired_time")
+    __slots__ = ("file_system_id", "file_system_type", "status", "capacity", "expired_time", "account")
     FILE_SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
     FILE_SYSTEM_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_TIME_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     file_system_id: str
     file_system_type: str
     status: str
     capacity: int
     expired_time: _timestamp_pb2.Timestamp
-    def __init__(self, file_system_id: _Optional[str] = ..., file_system_type: _Optional[str] = ..., status: _Optional[str] = ..., capacity: _Optional[int] = ..., expired_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    account: str
+    def __init__(self, file_system_id: _Optional[str] = ..., file_system_type: _Optional[str] = ..., status: _Optional[str] = ..., capacity: _Optional[int] = ..., expired_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., account: _Optional[str] = ...) -> None: ...
 
 class RegisterFileSystemResponse(_message.Message):
     __slots__ = ("request_id", "file_system")
@@ -90,7 +92,7 @@ class ReleaseFileSystemResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., deleted_snapshot_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FileSystem(_message.Message):
-    __slots__ = ("file_system_id", "file_system_type", "status", "capacity", "expired_time", "expired", "create_time")
+    __slots__ = ("file_system_id", "file_system_type", "status", "capacity", "expired_time", "expired", "create_time", "account")
     FILE_SYSTEM_ID_FIELD_NUMBER: _ClassVar[int]
     FILE_SYSTEM_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +100,7 @@ class FileSystem(_message.Message):
     EXPIRED_TIME_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
     file_system_id: str
     file_system_type: str
     status: str
@@ -105,4 +108,5 @@ class FileSystem(_message.Message):
     expired_time: _timestamp_pb2.Timestamp
     expired: bool
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, file_system_id: _Optional[str] = ..., file_system_type: _Optional[str] = ..., status: _Optional[str] = ..., capacity: _Optional[int] = ..., expired_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expired: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    account: str
+    def __init__(self, file_system_id: _Optional[str] = ..., file_system_type: _Optional[str] = ..., status: _Optional[str] = ..., capacity: _Optional[int] = ..., expired_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expired: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., account: _Optional[str] = ...) -> None: ...
