@@ -29,7 +29,7 @@ import asyncpg
 
 from service import messages, metrics
 from service.errors import ServiceUnavailable
-from service.store import outbox, snapshots
+from service.store import outbox, request_counts, snapshots
 from service.store.database import UNAVAILABLE_ERRORS, Database
 
 __all__ = ["RetentionSweeper"]
@@ -96,4 +96,7 @@ class RetentionSweeper:
 
         if swept:
             logger.info("Retention sweep deleted %d snapshots", swept)
+
+        # Throttling counts are needed only for the current window.
+        await request_counts.purge_before(connection, 3600)
         return swept

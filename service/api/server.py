@@ -29,7 +29,7 @@ from service.api.auth import Authenticator
 from service.api.file_systems import FileSystemService
 from service.api.interceptor import RequestInterceptor
 from service.api.snapshots import SnapshotService
-from service.domain.throttling import Throttle
+from service.domain.throttling import ThrottlePolicy
 from service.health import HealthReporter
 from service.settings import Settings, SettingsError
 from service.store.database import Database
@@ -75,7 +75,7 @@ class ApiServer:
             SnapshotService(
                 database,
                 settings.snapshot_limit,
-                Throttle(database, settings.throttle_limit, settings.throttle_window),
+                ThrottlePolicy(settings.throttle_limit, settings.throttle_window),
             ),
             self._server,
         )

@@ -10,7 +10,7 @@ from nas.v1 import snapshots_pb2, snapshots_pb2_grpc
 from service.api.convert import snapshot_message
 from service.api.interceptor import current_caller, current_request_id
 from service.domain import snapshots as snapshot_rules
-from service.domain.throttling import Throttle
+from service.domain.throttling import ThrottlePolicy
 from service.domain.validation import (
     SNAPSHOT_STATUSES,
     SNAPSHOT_TYPES,
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 class SnapshotService(snapshots_pb2_grpc.SnapshotServiceServicer):
-    def __init__(self, database: Database, snapshot_limit: int, throttle: Throttle) -> None:
+    def __init__(self, database: Database, snapshot_limit: int, throttle: ThrottlePolicy) -> None:
         self._database = database
         self._snapshot_limit = snapshot_limit
         self._throttle = throttle
@@ -49,9 +49,8 @@ class SnapshotService(snapshots_pb2_grpc.SnapshotServiceServicer):
         )
 
         with bind_ids(file_system_id=params.file_system_id):
-            await self._throttle.admit(current_caller().account)
             admission = await snapshot_rules.admit_snapshot(
-                self._database, params, self._snapshot_limit, current_caller().account
+                self._database, params, self._snapshot_limit, current_caller().account, self._throttle
             )
             if not admission.replayed:
                 with bind_ids(snapshot_id=admission.snapshot_id):

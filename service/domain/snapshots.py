@@ -1,15 +1,20 @@
 """CreateSnapshot admission, DeleteSnapshot and DescribeSnapshots.
 
-Admission runs its checks in a fixed order, inside one transaction that
-holds the file system's row lock, so the answer is the same however
-concurrent calls interleave:
+Admission runs its checks in a fixed order, in one PostgreSQL function
+call that holds the file system's row lock (`nas_admit_snapshot`, in the
+migrations), so the answer is the same however concurrent calls
+interleave, and a call costs one round trip:
 
 1. parameters (checked by the caller, before any database work);
-2. the file system exists;
-3. a client token replay returns the first call's snapshot id;
-4. the file system supports snapshots and is in normal status;
-5. the snapshot limit;
-6. one snapshot in creation at a time.
+2. throttling: the call counts toward the account's limit;
+3. the file system exists and belongs to the caller's account;
+4. a client token replay returns the first call's snapshot id;
+5. the file system supports snapshots and is in normal status;
+6. the snapshot limit;
+7. one snapshot in creation at a time.
+
+The function reports which rule stopped the call; this module turns that
+outcome into the domain error and its message.
 """
 
 from __future__ import annotations
@@ -22,21 +27,23 @@ import asyncpg
 
 from service import messages, metrics
 from service.domain import ids
+from service.domain.throttling import ThrottlePolicy
 from service.domain.validation import CreateSnapshotParams, Page
 from service.errors import (
     FileSystemNotFound,
     FileSystemTypeNotSupported,
     IdempotentParameterMismatch,
     IncorrectFileSystemStatus,
+    NasError,
     SnapshotCreating,
     SnapshotNotFound,
     SnapshotQuotaExceeded,
+    Throttled,
 )
-from service.store import client_tokens, file_systems, outbox, snapshots
+from service.store import file_systems, outbox, snapshots
 from service.store.database import Database
-from service.store.file_systems import FileSystemRecord
 
-__all__ = ["Admission", "admit_snapshot", "check_normal_status", "delete_snapshot", "describe_snapshots"]
+__all__ = ["Admission", "admit_snapshot", "delete_snapshot", "describe_snapshots"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,33 +57,29 @@ class Admission:
     replayed: bool
 
 
-def check_normal_status(file_system: FileSystemRecord) -> None:
-    """Raise unless snapshots may be taken of the file system now."""
-    if file_system.file_system_type != "extreme":
-        raise FileSystemTypeNotSupported(
-            f"The file system {file_system.file_system_id} is of type {file_system.file_system_type}; "
-            "only extreme file systems support snapshots."
-        )
-    if file_system.status != "Running":
-        raise IncorrectFileSystemStatus(
-            f"The file system {file_system.file_system_id} is in status {file_system.status}; "
-            "snapshots can be created only when it is Running."
-        )
-    if file_system.expired:
-        expired_time = file_system.expired_time.isoformat() if file_system.expired_time else "an earlier time"
-        raise IncorrectFileSystemStatus(
-            f"The file system {file_system.file_system_id} is in status Running but expired at {expired_time}; "
-            "renew it before creating snapshots."
-        )
-
-
 async def admit_snapshot(
-    database: Database, params: CreateSnapshotParams, snapshot_limit: int, account: str
+    database: Database,
+    params: CreateSnapshotParams,
+    snapshot_limit: int,
+    account: str,
+    throttle: ThrottlePolicy = ThrottlePolicy.UNLIMITED,
 ) -> Admission:
     """Record a new snapshot for the caller's account, or raise the first rule it breaks."""
     try:
-        async with database.transaction() as connection:
-            return await _admit(connection, params, snapshot_limit, account)
+        outcome, snapshot_id, detail = await snapshots.admit(
+            database,
+            file_system_id=params.file_system_id,
+            account=account,
+            client_token=params.client_token,
+            fingerprint=params.fingerprint(),
+            snapshot_id=ids.new_snapshot_id(),
+            snapshot_name=params.snapshot_name,
+            description=params.description,
+            retention_days=params.retention_days,
+            snapshot_limit=snapshot_limit,
+            throttle_limit=throttle.limit,
+            throttle_window=throttle.window_seconds,
+        )
     except asyncpg.UniqueViolationError as exc:
         # Only reachable if some path wrote a snapshot without the file
         # system lock; the index keeps the rule anyway.
@@ -85,61 +88,54 @@ async def admit_snapshot(
         logger.warning("Unique index stopped a second creation on file system %s", params.file_system_id)
         raise SnapshotCreating(_creating_message(params.file_system_id)) from exc
 
+    if outcome == "admitted":
+        return Admission(snapshot_id, replayed=False)
+    if outcome == "replayed":
+        logger.info("Client token replay returns snapshot %s", snapshot_id)
+        return Admission(snapshot_id, replayed=True)
+    raise _rejection(outcome, detail, params, snapshot_limit, account, throttle)
 
-async def _admit(
-    connection: asyncpg.Connection, params: CreateSnapshotParams, snapshot_limit: int, account: str
-) -> Admission:
-    # The row lock serialises every admission on this file system. Another
-    # account's file system looks exactly like an unknown one.
-    file_system = await file_systems.lock(connection, params.file_system_id)
-    if file_system is None or file_system.released_at is not None or file_system.account != account:
-        raise FileSystemNotFound(params.file_system_id)
 
-    # A replay returns the first result before any state-dependent check,
-    # so a retry after the file system changed still gets its snapshot id.
-    if params.client_token is not None:
-        earlier = await client_tokens.find(connection, params.file_system_id, params.client_token)
-        if earlier is not None:
-            if earlier.fingerprint != params.fingerprint():
-                first = json.loads(earlier.fingerprint)
-                differing = [name for name, value in params.replayed_parameters().items() if first.get(name) != value]
-                raise IdempotentParameterMismatch(
-                    f"The client_token was already used on file system {params.file_system_id} with a different "
-                    f"{' and '.join(differing)}. Use a new token for a different request."
-                )
-            logger.info("Client token replay returns snapshot %s", earlier.snapshot_id)
-            return Admission(earlier.snapshot_id, replayed=True)
-
-    check_normal_status(file_system)
-
-    current = await snapshots.usage(connection, params.file_system_id)
-    if current.count >= snapshot_limit:
-        raise SnapshotQuotaExceeded(params.file_system_id, snapshot_limit)
-    if current.creating:
-        raise SnapshotCreating(_creating_message(params.file_system_id))
-
-    # Write the snapshot, the token and the work message together.
-    snapshot_id = ids.new_snapshot_id()
-    await snapshots.insert(
-        connection,
-        snapshot_id=snapshot_id,
-        file_system_id=params.file_system_id,
-        account=account,
-        snapshot_name=params.snapshot_name,
-        description=params.description,
-        retention_days=params.retention_days,
-        source_file_system_size=file_system.capacity_gib,
-    )
-    if params.client_token is not None:
-        await client_tokens.insert(
-            connection, params.file_system_id, params.client_token, snapshot_id, params.fingerprint()
+def _rejection(
+    outcome: str,
+    detail: str | None,
+    params: CreateSnapshotParams,
+    snapshot_limit: int,
+    account: str,
+    throttle: ThrottlePolicy,
+) -> NasError:
+    """Build the error for the rule that stopped an admission."""
+    file_system_id = params.file_system_id
+    if outcome == "throttled":
+        return Throttled(account, throttle.limit, throttle.window_seconds, int(detail or 1))
+    if outcome == "not_found":
+        return FileSystemNotFound(file_system_id)
+    if outcome == "mismatch":
+        first = json.loads(detail or "{}")
+        differing = [name for name, value in params.replayed_parameters().items() if first.get(name) != value]
+        return IdempotentParameterMismatch(
+            f"The client_token was already used on file system {file_system_id} with a different "
+            f"{' and '.join(differing)}. Use a new token for a different request."
         )
-    await outbox.enqueue(
-        connection,
-        messages.CREATE_SNAPSHOT,
-        {"snapshot_id": snapshot_id, "file_system_id": params.file_system_id},
-    )
-    return Admission(snapshot_id, replayed=False)
+    if outcome == "type":
+        return FileSystemTypeNotSupported(
+            f"The file system {file_system_id} is of type {detail}; only extreme file systems support snapshots."
+        )
+    if outcome == "status":
+        return IncorrectFileSystemStatus(
+            f"The file system {file_system_id} is in status {detail}; "
+            "snapshots can be created only when it is Running."
+        )
+    if outcome == "expired":
+        return IncorrectFileSystemStatus(
+            f"The file system {file_system_id} is in status Running but expired at {detail}; "
+            "renew it before creating snapshots."
+        )
+    if outcome == "quota":
+        return SnapshotQuotaExceeded(file_system_id, snapshot_limit)
+    if outcome == "creating":
+        return SnapshotCreating(_creating_message(file_system_id))
+    raise AssertionError(f"nas_admit_snapshot returned an unknown outcome {outcome!r}")
 
 
 def _creating_message(file_system_id: str) -> str:

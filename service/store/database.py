@@ -58,6 +58,11 @@ class Database:
             max_size=pool_size,
             timeout=timeout,
             command_timeout=timeout,
+            # asyncpg's default reset sends "UNLISTEN *; RESET ALL; ..." on
+            # every release, a round trip per call that measurably slowed
+            # admissions (docs/benchmarks.md). Pool connections never LISTEN
+            # or SET, and release their advisory locks themselves.
+            reset=_keep_session,
             server_settings={
                 "application_name": application_name,
                 # Server-side limits hold even when a client dies mid-call.
@@ -76,11 +81,22 @@ class Database:
         Raises ServiceUnavailable when the database cannot be reached or a
         lock or statement does not finish within the timeout.
         """
-        try:
+        async with self._translated_errors():
             async with self.pool.acquire(timeout=self.timeout) as connection:
                 isolation = "repeatable_read" if readonly else "read_committed"
                 async with connection.transaction(isolation=isolation, readonly=readonly):
                     yield connection
+
+    async def fetchrow(self, query: str, *arguments: object) -> asyncpg.Record | None:
+        """Run one statement in its own implicit transaction: a single round trip."""
+        async with self._translated_errors():
+            async with self.pool.acquire(timeout=self.timeout) as connection:
+                return await connection.fetchrow(query, *arguments)
+
+    @contextlib.asynccontextmanager
+    async def _translated_errors(self) -> AsyncIterator[None]:
+        try:
+            yield
         except UNAVAILABLE_ERRORS as exc:
             logger.warning("Database unavailable: %s: %s", type(exc).__name__, exc)
             raise ServiceUnavailable() from exc
@@ -107,6 +123,10 @@ class Database:
             # Connections still busy past the budget: drop them.
             logger.warning("PostgreSQL pool did not close within %.1f s; terminating it", self.timeout)
             self.pool.terminate()
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Leave a released connection's session as it is."""
 
 
 async def wait_for_database(url: str, *, attempts: int, delay: float) -> None:

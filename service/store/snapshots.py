@@ -13,10 +13,12 @@ import datetime
 
 import asyncpg
 
+from service.store.database import Database
+
 __all__ = [
     "SnapshotFilter",
     "SnapshotRecord",
-    "Usage",
+    "admit",
     "claim",
     "complete",
     "delete_due",
@@ -29,14 +31,12 @@ __all__ = [
     "live_accomplished",
     "mark_data_missing",
     "heartbeat",
-    "insert",
     "mark_data_removed",
     "mark_deleted",
     "oldest_overdue",
     "redrive",
     "release_lease",
     "stale_creations",
-    "usage",
 ]
 
 _COLUMNS = """
@@ -83,13 +83,6 @@ class SnapshotRecord:
 
 
 @dataclasses.dataclass(frozen=True)
-class Usage:
-    # Snapshots not deleted, the one in creation included.
-    count: int
-    creating: bool
-
-
-@dataclasses.dataclass(frozen=True)
 class SnapshotFilter:
     account: str
     file_system_id: str | None = None
@@ -99,57 +92,41 @@ class SnapshotFilter:
     status: str | None = None
 
 
-async def usage(connection: asyncpg.Connection, file_system_id: str) -> Usage:
-    row = await connection.fetchrow(
-        """
-        SELECT count(*) AS total, count(*) FILTER (WHERE status = 'progressing') AS creating
-        FROM snapshots
-        WHERE file_system_id = $1 AND deleted_at IS NULL
-        """,
-        file_system_id,
-    )
-    return Usage(count=row["total"], creating=row["creating"] > 0)
-
-
-async def insert(
-    connection: asyncpg.Connection,
+async def admit(
+    database: Database,
     *,
-    snapshot_id: str,
     file_system_id: str,
     account: str,
+    client_token: str | None,
+    fingerprint: str,
+    snapshot_id: str,
     snapshot_name: str,
     description: str,
     retention_days: int,
-    source_file_system_size: int,
-) -> SnapshotRecord:
-    """Insert a snapshot in progressing state.
+    snapshot_limit: int,
+    throttle_limit: int,
+    throttle_window: int,
+) -> tuple[str, str | None, str | None]:
+    """Run the admission function; return its outcome, the snapshot id and a detail.
 
-    Its expiry is fixed here, by the database clock, as the creation time
-    plus retention_days periods of 24 hours. Hours rather than days keep a
-    daylight-saving change in the session time zone from moving it.
+    The function commits on its own (a single statement outside any
+    transaction block), so admission costs one round trip.
     """
-    row = await connection.fetchrow(
-        f"""
-        INSERT INTO snapshots (
-            snapshot_id, file_system_id, account, snapshot_name, description, status,
-            retention_days, expires_at, source_file_system_size
-        )
-        VALUES (
-            $1, $2, $7, $3, $4, 'progressing', $5,
-            CASE WHEN $5 = -1 THEN NULL ELSE now() + make_interval(hours => 24 * $5) END,
-            $6
-        )
-        RETURNING {_COLUMNS}
-        """,
-        snapshot_id,
+    row = await database.fetchrow(
+        "SELECT outcome, snapshot_id, detail FROM nas_admit_snapshot($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         file_system_id,
+        account,
+        client_token,
+        fingerprint,
+        snapshot_id,
         snapshot_name,
         description,
         retention_days,
-        source_file_system_size,
-        account,
+        snapshot_limit,
+        throttle_limit,
+        throttle_window,
     )
-    return SnapshotRecord.from_row(row)
+    return row["outcome"], row["snapshot_id"], row["detail"]
 
 
 async def get(connection: asyncpg.Connection, snapshot_id: str) -> SnapshotRecord | None:
