@@ -264,3 +264,42 @@ async def test_dead_letters_replayed(api, settings, database, data_root, amqp_ur
 
     assert replayed >= 1
     assert not any(body.get("file_system_id") == file_system_id for body in await dead_letters(amqp_url))
+
+
+async def test_shutdown_hands_back_creation(api, settings, database, data_root, database_url):
+    """A worker stopped mid-copy releases its lease, so the next worker starts at once."""
+    from tests.drivers import GatedDriver
+
+    long_lease = dataclasses.replace(settings, lease_seconds=300)
+    driver = GatedDriver(data_root)
+    first = Worker(long_lease, database, driver=driver, run_sweeper=False)
+    await first.start()
+    file_system_id, _ = await provisioned_file_system(api, data_root)
+    driver.held.add(file_system_id)
+    snapshot_id = (await api.snapshots.CreateSnapshot(create(file_system_id))).snapshot_id
+
+    async def held() -> bool:
+        return snapshot_id in driver.waiting
+
+    await wait_until(held, what="the copy to be held")
+    await first.stop(grace=0.5)
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        row = await connection.fetchrow(
+            "SELECT lease_owner, last_error FROM snapshots WHERE snapshot_id = $1", snapshot_id
+        )
+    finally:
+        await connection.close()
+
+    second = Worker(long_lease, database, run_sweeper=False)
+    await second.start()
+    try:
+        # With a 300-second lease, only the hand-back lets this finish in time.
+        snapshot = await wait_for_status(api, snapshot_id, timeout=30)
+    finally:
+        await second.stop(grace=5)
+
+    assert row["lease_owner"] is None
+    assert "stopped during the copy" in row["last_error"]
+    assert snapshot.status == "accomplished"
