@@ -8,7 +8,7 @@ from nas.v1 import admin_pb2, admin_pb2_grpc
 from service.api.convert import snapshot_message
 from service.api.interceptor import current_request_id
 from service.domain import admin
-from service.domain.validation import check_snapshot_id
+from service.domain.validation import check_snapshot_id, check_text_field
 from service.errors import InvalidParameter
 from service.store.database import Database
 
@@ -31,8 +31,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         action = _ACTIONS.get(request.action)
         if action is None:
             raise InvalidParameter("action", "Action", "The action must be FAIL or REDRIVE.")
-        if len(request.reason) > 256:
-            raise InvalidParameter("reason", "Reason", "The reason must be at most 256 characters.")
+        check_text_field(request.reason, "reason", "Reason", 256)
 
         record = await action(self._database, snapshot_id, request.reason)
         return admin_pb2.ResetSnapshotResponse(request_id=current_request_id(), snapshot=snapshot_message(record))

@@ -19,6 +19,7 @@ from service.domain.validation import (
     check_snapshot_id,
     check_snapshot_id_filter,
     check_snapshot_name_filter,
+    shown,
     validate_create_snapshot,
 )
 from service.errors import InvalidParameter
@@ -102,6 +103,6 @@ def _choice(value: str, allowed: tuple[str, ...], field: str, parameter: str) ->
         return None
     if value not in allowed:
         raise InvalidParameter(
-            field, parameter, f"The {field} {value!r} is invalid; use one of {', '.join((*allowed, 'all'))}."
+            field, parameter, f"The {field} {shown(value)} is invalid; use one of {', '.join((*allowed, 'all'))}."
         )
     return value

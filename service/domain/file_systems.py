@@ -20,6 +20,7 @@ from service.domain.validation import (
     MAX_IDS_PER_REQUEST,
     Page,
     check_file_system_id,
+    shown,
 )
 from service.domain.identity import check_account
 from service.errors import FileSystemAlreadyExists, FileSystemNotFound, InvalidParameter, MissingParameter
@@ -65,7 +66,7 @@ class FileSystemUpdate:
 def _check_status(status: str) -> str:
     if status not in FILE_SYSTEM_STATUSES:
         raise InvalidParameter(
-            "status", "Status", f"The status {status!r} is invalid; use one of {', '.join(FILE_SYSTEM_STATUSES)}."
+            "status", "Status", f"The status {shown(status)} is invalid; use one of {', '.join(FILE_SYSTEM_STATUSES)}."
         )
     return status
 
@@ -85,7 +86,7 @@ def validate_registration(
         raise InvalidParameter(
             "file_system_type",
             "FileSystemType",
-            f"The file_system_type {file_system_type!r} is invalid; use one of {', '.join(FILE_SYSTEM_TYPES)}.",
+            f"The file_system_type {shown(file_system_type)} is invalid; use one of {', '.join(FILE_SYSTEM_TYPES)}.",
         )
 
     status = _check_status(status or "Running")

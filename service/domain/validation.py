@@ -36,6 +36,8 @@ __all__ = [
     "check_snapshot_id",
     "check_snapshot_id_filter",
     "check_snapshot_name_filter",
+    "check_text_field",
+    "shown",
     "validate_create_snapshot",
 ]
 
@@ -92,7 +94,7 @@ def check_file_system_id(value: str, field: str = "file_system_id", parameter: s
         raise InvalidParameter(
             field,
             parameter,
-            f"The file system id {_shown(value)}{where} is invalid. A file system id is 1 to 64 ASCII "
+            f"The file system id {shown(value)}{where} is invalid. A file system id is 1 to 64 ASCII "
             "letters, digits and hyphens, starting with a letter or digit.",
         )
     return value
@@ -105,7 +107,7 @@ def check_snapshot_id(value: str) -> str:
         raise InvalidParameter(
             "snapshot_id",
             "SnapshotId",
-            f"The snapshot_id {_shown(value)} is invalid. A snapshot id is s-extreme- followed by "
+            f"The snapshot_id {shown(value)} is invalid. A snapshot id is s-extreme- followed by "
             "17 lowercase letters and digits.",
         )
     return value
@@ -123,7 +125,7 @@ def check_snapshot_id_filter(values: list[str]) -> list[str]:
             raise InvalidParameter(
                 "snapshot_ids",
                 "SnapshotIds",
-                f"The snapshot id {_shown(value)} in snapshot_ids is invalid. A snapshot id is s-extreme- "
+                f"The snapshot id {shown(value)} in snapshot_ids is invalid. A snapshot id is s-extreme- "
                 "followed by 17 lowercase letters and digits.",
             )
     return list(dict.fromkeys(values))
@@ -180,7 +182,7 @@ def _check_snapshot_name(name: str) -> None:
         return
 
     def invalid(reason: str) -> InvalidParameter:
-        return InvalidParameter("snapshot_name", "SnapshotName", f"The snapshot_name {_shown(name)} is invalid: {reason}")
+        return InvalidParameter("snapshot_name", "SnapshotName", f"The snapshot_name {shown(name)} is invalid: {reason}")
 
     if not 2 <= len(name) <= 128:
         raise invalid(f"it is {_characters(len(name))} long, but a name is 2 to 128 characters.")
@@ -234,10 +236,21 @@ def check_snapshot_name_filter(name: str) -> str | None:
         raise InvalidParameter(
             "snapshot_name",
             "SnapshotName",
-            f"The snapshot_name filter {_shown(name)} is invalid: it must be at most 128 characters "
+            f"The snapshot_name filter {shown(name)} is invalid: it must be at most 128 characters "
             "without control characters.",
         )
     return name
+
+
+def check_text_field(value: str, field: str, parameter: str, maximum: int) -> str:
+    """Validate free text of at most `maximum` characters without control characters."""
+    if len(value) > maximum or any(unicodedata.category(character) == "Cc" for character in value):
+        raise InvalidParameter(
+            field,
+            parameter,
+            f"The {field} is invalid: it must be at most {maximum} characters without control characters.",
+        )
+    return value
 
 
 def _characters(count: int) -> str:
@@ -252,7 +265,7 @@ def _describe(character: str) -> str:
     return f"U+{ord(character):04X}"
 
 
-def _shown(value: str, limit: int = 80) -> str:
+def shown(value: str, limit: int = 80) -> str:
     """Quote a caller's value for a message, cut when long.
 
     repr() escapes control and format characters, so a value cannot rewrite
