@@ -40,6 +40,16 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Client-side failures after which a connection's protocol state is unknown.
+_PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncio.CancelledError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
 class Database:
     """A connection pool with bounded waits at every step."""
 
@@ -81,17 +91,31 @@ class Database:
         Raises ServiceUnavailable when the database cannot be reached or a
         lock or statement does not finish within the timeout.
         """
-        async with self._translated_errors():
-            async with self.pool.acquire(timeout=self.timeout) as connection:
-                isolation = "repeatable_read" if readonly else "read_committed"
-                async with connection.transaction(isolation=isolation, readonly=readonly):
-                    yield connection
+        async with self._translated_errors(), self._connection() as connection:
+            isolation = "repeatable_read" if readonly else "read_committed"
+            async with connection.transaction(isolation=isolation, readonly=readonly):
+                yield connection
 
     async def fetchrow(self, query: str, *arguments: object) -> asyncpg.Record | None:
         """Run one statement in its own implicit transaction: a single round trip."""
-        async with self._translated_errors():
-            async with self.pool.acquire(timeout=self.timeout) as connection:
-                return await connection.fetchrow(query, *arguments)
+        async with self._translated_errors(), self._connection() as connection:
+            return await connection.fetchrow(query, *arguments)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """Lend a pooled connection, dropping it if the client side of its protocol may be mid-operation.
+
+        The pool does not reset connections on release, so a connection
+        left by a timeout, a cancelled call or a lost socket would be lent
+        again in that state; terminating it makes the pool open a new one.
+        Errors the server reported leave the session usable and keep it.
+        """
+        async with self.pool.acquire(timeout=self.timeout) as connection:
+            try:
+                yield connection
+            except _PROTOCOL_ERRORS:
+                connection.terminate()
+                raise
 
     @contextlib.asynccontextmanager
     async def _translated_errors(self) -> AsyncIterator[None]:
@@ -99,6 +123,10 @@ class Database:
             yield
         except UNAVAILABLE_ERRORS as exc:
             logger.warning("Database unavailable: %s: %s", type(exc).__name__, exc)
+            raise ServiceUnavailable() from exc
+        except asyncpg.InternalClientError as exc:
+            # A connection whose protocol state broke, seen after outages.
+            logger.warning("Database connection in a broken state: %s", exc)
             raise ServiceUnavailable() from exc
         except asyncpg.InterfaceError as exc:
             # The pool reports a connection lost mid-query this way.
