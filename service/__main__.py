@@ -70,6 +70,7 @@ async def manage_tokens(settings: Settings, arguments: argparse.Namespace) -> in
                     return 1
                 print(f"Revoked token {arguments.token_id}.")
             else:
+                print("TOKEN_ID      ACCOUNT  ROLE  CREATED           STATE")
                 for record in await tokens.list_all(connection):
                     state = f"revoked {record.revoked_at:%Y-%m-%d %H:%M}" if record.revoked_at else "active"
                     print(f"{record.token_id}  {record.account}  {record.role}  {record.created_at:%Y-%m-%d %H:%M}  {state}")

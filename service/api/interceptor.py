@@ -122,7 +122,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
         try:
             return deserializer(data)
         except Exception as exc:
-            return _UnparsableRequest(f"{type(exc).__name__}: {exc}")
+            return _UnparsableRequest(str(exc) or "the bytes are not a valid message")
 
     return parse
 
