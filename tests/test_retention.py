@@ -266,3 +266,39 @@ async def test_retention_visible_in_describe(api):
     snapshot = page.snapshots[0]
 
     assert snapshot.expire_time.seconds - snapshot.create_time.seconds in (86399, 86400)
+
+
+async def test_old_client_tokens_purged(api, database, database_url):
+    """The sweep removes tokens past their lifetime and keeps recent ones."""
+    file_system_id = await api.register()
+    old = await api.snapshots.CreateSnapshot(
+        snapshots_pb2.CreateSnapshotRequest(file_system_id=file_system_id, client_token="old-token")
+    )
+    connection = await asyncpg.connect(database_url)
+    try:
+        # Finish the first creation, so that the second call is admitted.
+        await connection.execute(
+            "UPDATE snapshots SET status = 'accomplished', completed_at = now() WHERE snapshot_id = $1",
+            old.snapshot_id,
+        )
+        await connection.execute(
+            "UPDATE client_tokens SET created_at = now() - interval '49 hours' WHERE client_token = 'old-token'"
+        )
+    finally:
+        await connection.close()
+    recent = await api.snapshots.CreateSnapshot(
+        snapshots_pb2.CreateSnapshotRequest(file_system_id=file_system_id, client_token="recent-token")
+    )
+
+    await RetentionSweeper(database, interval=60).sweep()
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT client_token FROM client_tokens WHERE file_system_id = $1", file_system_id
+        )
+        tokens = {row["client_token"] for row in rows}
+    finally:
+        await connection.close()
+    assert tokens == {"recent-token"}
+    assert recent.snapshot_id != old.snapshot_id

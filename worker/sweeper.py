@@ -29,12 +29,15 @@ import asyncpg
 
 from service import messages, metrics
 from service.errors import ServiceUnavailable
-from service.store import outbox, request_counts, snapshots
+from service.store import client_tokens, outbox, request_counts, snapshots
 from service.store.database import UNAVAILABLE_ERRORS, Database
 
-__all__ = ["RetentionSweeper"]
+__all__ = ["CLIENT_TOKEN_LIFETIME_SECONDS", "RetentionSweeper"]
 
 logger = logging.getLogger(__name__)
+
+# Client tokens are kept twice the 24 hours the API promises.
+CLIENT_TOKEN_LIFETIME_SECONDS = 48 * 3600
 
 # Arbitrary constant, unique to this service, that names the sweeper's lock.
 _SWEEP_LOCK_KEY = 0x6E61_7332
@@ -97,6 +100,8 @@ class RetentionSweeper:
         if swept:
             logger.info("Retention sweep deleted %d snapshots", swept)
 
-        # Throttling counts are needed only for the current window.
+        # Throttling counts are needed only for the current window, and the
+        # API promises to honour a client token for at least 24 hours.
         await request_counts.purge_before(connection, 3600)
+        await client_tokens.purge_older_than(connection, CLIENT_TOKEN_LIFETIME_SECONDS)
         return swept
