@@ -11,7 +11,7 @@ Commands:
   the next file system id from `ids`, and the callers stop early when the
   ids run out.
 - `{"op": "burst", "method": M, "ids": [...]}` starts one call per id at
-  once and waits for every answer.
+  once and waits for every response.
 
 M is "noop" (`grpc.health.v1.Health/Check` of "liveness") or "create"
 (`nas.v1.SnapshotService/CreateSnapshot`). A result counts the calls by

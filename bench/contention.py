@@ -6,7 +6,7 @@ The API runs as `python -m service` with no worker, so the first accepted
 creation on a file system stays in progress and every later call on it must
 be rejected with OperationConflict.SnapshotCreating. One client process
 (`bench._grpc_load`) starts all calls of a burst at once and waits for every
-answer. Each round runs four bursts of the same size, in an order that
+response. Each round runs four bursts of the same size, in an order that
 rotates from round to round:
 
 - no-op: `grpc.health.v1.Health/Check`, no database work;
@@ -103,7 +103,7 @@ async def main(arguments: argparse.Namespace) -> None:
 
 
 def correct(result: dict, calls: int) -> bool:
-    """Tell whether every call was answered and the right number were accepted, at most one per file system."""
+    """Tell whether every call got a response and the right number were accepted, at most one per file system."""
     scenario = result["scenario"]
     accepted = result["outcomes"].get("OK", 0)
     answered = sum(result["outcomes"].values())

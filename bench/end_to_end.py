@@ -13,7 +13,7 @@ CreateSnapshot returning to the snapshot's `completed_at`. The worker sets
 `completed_at` by the database clock, which is this host's clock, at the
 start of the transaction that marks the snapshot accomplished. So the time
 leaves out that transaction's own work. The time at which polling the row every 2 ms first
-sees it accomplished is reported too, as an upper bound. The baseline is a bare aio-pika
+finds it accomplished is reported too, as an upper bound. The baseline is a bare aio-pika
 round trip on the same broker: the time from the start of a publish
 (persistent, with publisher confirms) to a `bench._amqp_consumer` process
 receiving the message from a quorum queue with manual ack. Samples of the

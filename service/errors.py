@@ -1,8 +1,8 @@
-"""Domain errors, each carrying the NAS error code a caller sees.
+"""Domain errors, each carrying the NAS error code a caller receives.
 
-Every error a caller may see is one of these classes; the API layer maps
-each class to a gRPC status code in one table (`service.api.status`), and
-anything else becomes `InternalError`:
+Every error a caller may receive is one of these classes. The API layer
+maps each class to a gRPC status code in one table (`service.api.status`),
+and anything else becomes `InternalError`:
 
     NasError
     ├── InvalidParameter               INVALID_ARGUMENT  InvalidParameter.<Field>

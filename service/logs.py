@@ -2,7 +2,7 @@
 
 Records carry the ids of the work at hand (request, snapshot, file
 system) from context variables, so a line logged deep in the store layer
-still says which request it belongs to.
+still names the request it belongs to.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ __all__ = ["GatedDriver"]
 
 
 class GatedDriver(LocalDriver):
-    """A local driver that holds copies of the file systems in `held` until `gate` is set.
+    """A local driver that pauses copies of the file systems in `held` until `gate` is set.
 
     Copies of other file systems, such as snapshots left in the queue by
     earlier tests, run at once. A held copy reports progress and checks

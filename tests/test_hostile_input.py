@@ -23,10 +23,11 @@ were collected first and the API called afterwards. The function-scoped
 function_scoped_fixture health check is suppressed. Each call reads only
 the records logged after it started.
 
-Two bugs these tests found (an invalid value repeated whole in an error
-message, which made the status too large for the client to read, and a
-NUL in ResetSnapshot's reason) have regression tests at the end of this
-file, because random examples reach them only some of the time.
+These tests found two bugs. An invalid value was repeated whole in an
+error message, which made the status too large for the client to read,
+and a NUL in ResetSnapshot's reason reached PostgreSQL. Both have
+regression tests at the end of this file, because random examples reach
+them only some of the time.
 """
 
 from __future__ import annotations

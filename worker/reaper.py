@@ -3,10 +3,10 @@
 A creation's lease expires when its worker died or stalled, and a
 creation that no worker claimed for a long time lost its message. Every worker
 replica runs a reaper; rows are locked with `FOR UPDATE SKIP LOCKED`, so
-two reapers never take the same snapshot. For each such creation the
-reaper either re-drives it, with a new creation message (the driver
-finds what an earlier attempt already made under the snapshot id), or
-marks it failed once it used up its attempts or its maximum duration.
+two reapers never take the same snapshot. The reaper re-drives each such
+creation with a new creation message, and the driver finds what an
+earlier attempt already made under the snapshot id. A creation that used
+up its attempts or its maximum duration is marked failed instead.
 """
 
 from __future__ import annotations

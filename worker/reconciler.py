@@ -11,8 +11,8 @@ reconciler, but a session advisory lock lets only one run at a time.
 - An accomplished snapshot whose data is gone is marked failed, with the
   reason, so that DescribeSnapshots stops promising data it cannot give.
 
-NOTE: the check of accomplished snapshots asks the driver about each one,
-so its cost grows with the number of snapshots, not with the changes.
+NOTE: the check of accomplished snapshots reads every one of them, so its
+cost grows with the number of snapshots, not with the changes.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Reconciler:
     async def _reconcile(self) -> ReconcileReport:
         report = ReconcileReport()
 
-        # Data whose row says it should not exist.
+        # Data whose row shows it should not exist.
         stored = await self._driver.list_snapshots()
         async with self._database.transaction(readonly=True) as connection:
             rows = await snapshots.get_many(connection, sorted({item.snapshot_id for item in stored}))
@@ -92,7 +92,7 @@ class Reconciler:
                 "Removed data of snapshot %s of file system %s: its row is %s",
                 item.snapshot_id,
                 item.file_system_id,
-                "missing" if row is None else ("deleted" if row.deleted_at else row.status),
+                _row_state(row),
             )
 
         # Rows whose data is gone.
@@ -112,6 +112,14 @@ class Reconciler:
                 logger.error("Snapshot %s of file system %s has no data in storage; marked failed", snapshot_id, file_system_id)
 
         return report
+
+
+def _row_state(row: snapshots.SnapshotRecord | None) -> str:
+    if row is None:
+        return "missing"
+    if row.deleted_at is not None:
+        return "deleted"
+    return row.status
 
 
 def _is_orphan(row: snapshots.SnapshotRecord | None) -> bool:

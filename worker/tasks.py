@@ -11,7 +11,7 @@ Snapshot creation is guarded by a lease on the snapshot row (owner and
 expiry). The worker renews it while the driver copies, and every write
 it makes names itself as the owner, so a worker that lost its lease
 (because it stalled past the expiry, or the snapshot was deleted)
-changes nothing. A message for a snapshot that another worker holds is
+changes nothing. A message for a snapshot whose lease another worker has is
 acked: the holder finishes it, or the reaper re-drives it once the lease
 expires.
 """

@@ -112,8 +112,9 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     """Wrap a request parser so that bad bytes reach the handler as an _UnparsableRequest.
 
     grpc.aio handles a parser exception itself, with UNKNOWN and the
-    parser's text, before any interceptor code runs; this way the call
-    gets INVALID_ARGUMENT with a NAS code and a request id like any other.
+    parser's text, before any interceptor code runs. Returning a marker
+    instead gives the call INVALID_ARGUMENT with a NAS code and a request
+    id, like any other.
     """
     if deserializer is None:
         return None

@@ -1,7 +1,7 @@
 """Registering, updating and listing file systems.
 
 The system that owns file systems calls these through the internal
-FileSystemService. Registering one also asks a worker to create its
+FileSystemService. Registering one also sends a message that makes a worker to create its
 storage, because the API process never touches the data root.
 """
 
@@ -218,10 +218,11 @@ async def release_locked(connection: asyncpg.Connection, file_system_id: str) ->
     """Release a file system whose row lock the caller's transaction holds.
 
     Deletes the snapshot in creation and every snapshot whose creation
-    overlapped the expired time, and asks workers to remove their data and
-    the file system's. A worker that finishes a creation takes the same
-    lock, so it either completed before this runs (and the snapshot is
-    judged by its completion time) or finds the snapshot deleted after.
+    overlapped the expired time, and sends the messages that make workers
+    remove their data and the file system's. A worker that finishes a
+    creation takes the same lock. It therefore either completed before this
+    runs, and the snapshot is judged by its completion time, or finds the
+    snapshot deleted after.
     """
     deleted = await snapshots.delete_for_release(connection, file_system_id)
     await outbox.enqueue_many(

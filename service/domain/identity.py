@@ -1,4 +1,4 @@
-"""Who is calling: accounts, roles and bearer tokens.
+"""Caller identity: accounts, roles and bearer tokens.
 
 A caller acts for one account with one role. `user` callers reach the
 snapshot API within their account; `admin` callers also reach the

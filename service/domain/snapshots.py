@@ -2,7 +2,7 @@
 
 Admission runs its checks in a fixed order, in one PostgreSQL function
 call that holds the file system's row lock (`nas_admit_snapshot`, in the
-migrations), so the answer is the same however concurrent calls
+migrations), so the result is the same however concurrent calls
 interleave, and a call costs one round trip:
 
 1. parameters (checked by the caller, before any database work);
@@ -157,7 +157,7 @@ async def delete_snapshot(database: Database, snapshot_id: str, account: str) ->
 
     A snapshot still being created is cancelled: its creator loses the
     lease, stops copying and removes what it wrote, and can no longer
-    complete it. A delete message tells a worker to remove the data.
+    complete it. A delete message makes a worker remove the data.
     """
     async with database.transaction() as connection:
         found = await snapshots.get(connection, snapshot_id)

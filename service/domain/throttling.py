@@ -4,7 +4,7 @@ NAS allows 120 CreateSnapshot calls per account in 60 seconds. The count
 lives in PostgreSQL, in fixed windows that start at multiples of the
 window length since the Unix epoch by the database clock, so it holds
 however many replicas serve the account. The admission function counts
-each call before its other checks; a call over the limit is
+each call before its other checks. A call over the limit is
 RESOURCE_EXHAUSTED `Throttling.User`, with a RetryInfo naming the
 seconds until the window ends. Windows older than an hour are removed by
 the worker's retention sweep.

@@ -1,6 +1,6 @@
 """The PostgreSQL pool, and the one place where its errors are translated.
 
-Code above the store layer never sees an asyncpg exception about the
+Code above the store layer never receives an asyncpg exception about the
 connection: `Database.transaction()` turns every sign that the database
 cannot be reached, or is too busy to respond in time, into
 `ServiceUnavailable`. Errors about the data itself (a violated
@@ -105,10 +105,11 @@ class Database:
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         """Lend a pooled connection, dropping it if the client side of its protocol may be mid-operation.
 
-        The pool does not reset connections on release, so a connection
-        left by a timeout, a cancelled call or a lost socket would be lent
-        again in that state; terminating it makes the pool open a new one.
-        Errors the server reported leave the session usable and keep it.
+        The pool does not reset connections on release. A connection left by
+        a timeout, a cancelled call or a lost socket would therefore be lent
+        again in that state, so it is terminated and the pool opens a new
+        one. Errors the server reported leave the session usable, so those
+        connections are kept.
         """
         async with self.pool.acquire(timeout=self.timeout) as connection:
             try:

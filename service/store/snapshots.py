@@ -297,7 +297,7 @@ async def delete_due(
 ) -> list[tuple[str, str]]:
     """Delete up to `limit` snapshots whose expiry is at or before `now`, the oldest expiry first.
 
-    Rows that another transaction holds are skipped, so concurrent sweeps
+    Rows that another transaction has locked are skipped, so concurrent sweeps
     never pick the same snapshot. `now` None means the database clock.
     Returns (snapshot id, file system id) pairs.
     """
