@@ -25,7 +25,7 @@ import time
 from service import metrics
 from service.errors import ServiceUnavailable
 from service.store import snapshots
-from service.store.database import UNAVAILABLE_ERRORS, Database
+from service.store.database import Database
 from worker.drivers.base import DriverError, StorageDriver
 
 __all__ = ["Reconciler", "ReconcileReport"]
@@ -62,17 +62,11 @@ class Reconciler:
 
     async def reconcile(self) -> ReconcileReport | None:
         """Run once; return what changed, or None if another replica is reconciling."""
-        try:
-            async with self._database.pool.acquire(timeout=self._database.timeout) as connection:
-                if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", _RECONCILE_LOCK_KEY):
-                    logger.debug("Another replica is reconciling; skipping this run")
-                    return None
-                try:
-                    return await self._reconcile()
-                finally:
-                    await connection.execute("SELECT pg_advisory_unlock($1)", _RECONCILE_LOCK_KEY)
-        except UNAVAILABLE_ERRORS as exc:
-            raise ServiceUnavailable() from exc
+        async with self._database.exclusive(_RECONCILE_LOCK_KEY) as connection:
+            if connection is None:
+                logger.debug("Another replica is reconciling; skipping this run")
+                return None
+            return await self._reconcile()
 
     async def _reconcile(self) -> ReconcileReport:
         report = ReconcileReport()

@@ -30,7 +30,7 @@ import asyncpg
 from service import messages, metrics
 from service.errors import ServiceUnavailable
 from service.store import client_tokens, outbox, request_counts, snapshots
-from service.store.database import UNAVAILABLE_ERRORS, Database
+from service.store.database import Database
 
 __all__ = ["CLIENT_TOKEN_LIFETIME_SECONDS", "RetentionSweeper"]
 
@@ -60,18 +60,11 @@ class RetentionSweeper:
 
     async def sweep(self, now: datetime.datetime | None = None) -> int | None:
         """Delete every snapshot due at `now`; return how many, or None if another sweep runs."""
-        try:
-            async with self._database.pool.acquire(timeout=self._database.timeout) as connection:
-                got_lock = await connection.fetchval("SELECT pg_try_advisory_lock($1)", _SWEEP_LOCK_KEY)
-                if not got_lock:
-                    logger.debug("Another replica is sweeping; skipping this run")
-                    return None
-                try:
-                    return await self._sweep_locked(connection, now)
-                finally:
-                    await connection.execute("SELECT pg_advisory_unlock($1)", _SWEEP_LOCK_KEY)
-        except UNAVAILABLE_ERRORS as exc:
-            raise ServiceUnavailable() from exc
+        async with self._database.exclusive(_SWEEP_LOCK_KEY) as connection:
+            if connection is None:
+                logger.debug("Another replica is sweeping; skipping this run")
+                return None
+            return await self._sweep_locked(connection, now)
 
     async def _sweep_locked(self, connection: asyncpg.Connection, now: datetime.datetime | None) -> int:
         # Warn when expired snapshots wait much longer than one interval:

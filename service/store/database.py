@@ -136,6 +136,23 @@ class Database:
             logger.warning("Database connection lost: %s", exc)
             raise ServiceUnavailable() from exc
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self, lock_key: int) -> AsyncIterator[asyncpg.Connection | None]:
+        """Hold a session advisory lock for the block, yielding its connection, or None if another session holds it.
+
+        Background jobs that every replica runs use it so that only one
+        replica runs them at a time. The lock ends with the session, so a
+        replica that dies mid-run does not block the others.
+        """
+        async with self._translated_errors(), self._connection() as connection:
+            if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
+                yield None
+                return
+            try:
+                yield connection
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock($1)", lock_key)
+
     async def ping(self) -> bool:
         """Tell whether a trivial query succeeds within the timeout."""
         try:

@@ -64,6 +64,9 @@ from collections.abc import Callable
 from service.domain.ids import is_file_system_id, is_snapshot_id
 
 __all__ = [
+    "FILE_SYSTEMS_DIR",
+    "SNAPSHOTS_DIR",
+    "TOP_DIRECTORY_MODE",
     "DriverError",
     "DriverUnavailable",
     "FileSystemMissing",
@@ -73,10 +76,16 @@ __all__ = [
     "SnapshotResult",
     "StorageDriver",
     "StoredSnapshot",
-    "scan_snapshot_directories",
     "require_file_system_id",
     "require_snapshot_id",
+    "scan_snapshot_directories",
 ]
+
+# Layout under the data root, shared by every driver:
+# file-systems/<file system id> and snapshots/<file system id>/<snapshot id>.
+FILE_SYSTEMS_DIR = "file-systems"
+SNAPSHOTS_DIR = "snapshots"
+TOP_DIRECTORY_MODE = 0o755
 
 
 class DriverError(Exception):

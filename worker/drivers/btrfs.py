@@ -66,6 +66,9 @@ import time
 from collections.abc import Sequence
 
 from worker.drivers.base import (
+    FILE_SYSTEMS_DIR,
+    SNAPSHOTS_DIR,
+    TOP_DIRECTORY_MODE,
     DriverError,
     DriverUnavailable,
     FileSystemMissing,
@@ -82,10 +85,6 @@ from worker.drivers.base import (
 __all__ = ["BTRFS_SUPER_MAGIC", "BtrfsDriver"]
 
 logger = logging.getLogger(__name__)
-
-_FILE_SYSTEMS_DIR = "file-systems"
-_SNAPSHOTS_DIR = "snapshots"
-_TOP_DIRECTORY_MODE = 0o755
 
 # statfs f_type of btrfs, from linux/magic.h.
 BTRFS_SUPER_MAGIC = 0x9123683E
@@ -168,12 +167,12 @@ class BtrfsDriver(StorageDriver):
 
     def _file_system_path(self, file_system_id: str) -> pathlib.Path:
         require_file_system_id(file_system_id)
-        return self.data_root / _FILE_SYSTEMS_DIR / file_system_id
+        return self.data_root / FILE_SYSTEMS_DIR / file_system_id
 
     def _snapshot_path(self, file_system_id: str, snapshot_id: str) -> pathlib.Path:
         require_file_system_id(file_system_id)
         require_snapshot_id(snapshot_id)
-        return self.data_root / _SNAPSHOTS_DIR / file_system_id / snapshot_id
+        return self.data_root / SNAPSHOTS_DIR / file_system_id / snapshot_id
 
     # StorageDriver methods.
 
@@ -289,7 +288,7 @@ class BtrfsDriver(StorageDriver):
 
     async def list_snapshots(self) -> list[StoredSnapshot]:
         # A btrfs snapshot appears whole, so every entry is complete.
-        return await asyncio.to_thread(scan_snapshot_directories, self.data_root / _SNAPSHOTS_DIR)
+        return await asyncio.to_thread(scan_snapshot_directories, self.data_root / SNAPSHOTS_DIR)
 
     async def release_file_system(self, file_system_id: str) -> None:
         path = self._file_system_path(file_system_id)
@@ -534,10 +533,10 @@ def _ensure_directory(path: pathlib.Path) -> None:
         return
     _ensure_directory(path.parent)
     try:
-        path.mkdir(mode=_TOP_DIRECTORY_MODE)
+        path.mkdir(mode=TOP_DIRECTORY_MODE)
     except FileExistsError:
         return
-    path.chmod(_TOP_DIRECTORY_MODE)
+    path.chmod(TOP_DIRECTORY_MODE)
 
 
 def _kind_of_path(path: pathlib.Path) -> _PathKind:

@@ -36,6 +36,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from worker.drivers.base import (
+    FILE_SYSTEMS_DIR,
+    SNAPSHOTS_DIR,
+    TOP_DIRECTORY_MODE,
     DriverError,
     FileSystemMissing,
     Progress,
@@ -52,10 +55,6 @@ from worker.drivers.base import (
 __all__ = ["FICLONE", "LocalDriver"]
 
 logger = logging.getLogger(__name__)
-
-_FILE_SYSTEMS_DIR = "file-systems"
-_SNAPSHOTS_DIR = "snapshots"
-_TOP_DIRECTORY_MODE = 0o755
 
 # ioctl request that clones a whole file as a reflink: _IOW(0x94, 9, int) in linux/fs.h.
 FICLONE = 0x40049409
@@ -112,27 +111,27 @@ class LocalDriver(StorageDriver):
 
     def _file_system_dir(self, file_system_id: str) -> pathlib.Path:
         require_file_system_id(file_system_id)
-        return self.data_root / _FILE_SYSTEMS_DIR / file_system_id
+        return self.data_root / FILE_SYSTEMS_DIR / file_system_id
 
     def _snapshot_dir(self, file_system_id: str, snapshot_id: str) -> pathlib.Path:
         require_file_system_id(file_system_id)
         require_snapshot_id(snapshot_id)
-        return self.data_root / _SNAPSHOTS_DIR / file_system_id / snapshot_id
+        return self.data_root / SNAPSHOTS_DIR / file_system_id / snapshot_id
 
     def _partial_dir(self, file_system_id: str, snapshot_id: str) -> pathlib.Path:
         require_file_system_id(file_system_id)
         require_snapshot_id(snapshot_id)
-        return self.data_root / _SNAPSHOTS_DIR / file_system_id / f".{snapshot_id}.partial"
+        return self.data_root / SNAPSHOTS_DIR / file_system_id / f".{snapshot_id}.partial"
 
     def _ensure_top_directory(self, name: str) -> pathlib.Path:
         self.data_root.mkdir(parents=True, exist_ok=True)
         path = self.data_root / name
         try:
-            path.mkdir(mode=_TOP_DIRECTORY_MODE)
+            path.mkdir(mode=TOP_DIRECTORY_MODE)
         except FileExistsError:
             return path
         # mkdir applies the umask, so set the mode explicitly.
-        path.chmod(_TOP_DIRECTORY_MODE)
+        path.chmod(TOP_DIRECTORY_MODE)
         return path
 
     # StorageDriver methods.
@@ -189,7 +188,7 @@ class LocalDriver(StorageDriver):
         await asyncio.to_thread(self._delete_snapshot, file_system_id, snapshot_id)
 
     async def list_snapshots(self) -> list[StoredSnapshot]:
-        return await asyncio.to_thread(scan_snapshot_directories, self.data_root / _SNAPSHOTS_DIR)
+        return await asyncio.to_thread(scan_snapshot_directories, self.data_root / SNAPSHOTS_DIR)
 
     async def release_file_system(self, file_system_id: str) -> None:
         require_file_system_id(file_system_id)
@@ -200,7 +199,7 @@ class LocalDriver(StorageDriver):
     def _provision_file_system(self, file_system_id: str) -> None:
         path = self._file_system_dir(file_system_id)
         try:
-            self._ensure_top_directory(_FILE_SYSTEMS_DIR)
+            self._ensure_top_directory(FILE_SYSTEMS_DIR)
             path.mkdir(exist_ok=True)
         except OSError as exc:
             raise DriverError(f"could not provision file system {file_system_id} at {path}: {exc}") from exc
@@ -319,7 +318,7 @@ class LocalDriver(StorageDriver):
         parent = self._snapshot_dir(file_system_id, snapshot_id).parent
         partial = self._partial_dir(file_system_id, snapshot_id)
         try:
-            self._ensure_top_directory(_SNAPSHOTS_DIR)
+            self._ensure_top_directory(SNAPSHOTS_DIR)
             parent.mkdir(exist_ok=True)
             if _remove_path(partial):
                 logger.info(
