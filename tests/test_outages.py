@@ -129,7 +129,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-async def test_sigterm_api_under_load(settings, tmp_path):
+async def test_sigterm_api_under_load(settings, tmp_path, database_url):
     address = f"127.0.0.1:{free_port()}"
     api = Process(["-m", "service"], environment_for(settings, NAS_GRPC_ADDRESS=address), tmp_path / "api.log")
     channel = grpc.aio.insecure_channel(address)
@@ -167,5 +167,13 @@ async def test_sigterm_api_under_load(settings, tmp_path):
             api.terminate()
 
     assert exit_code == 0, api.output()
-    assert set(results) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+    # NOTE: grpc-core cancels calls that arrive while the server stops,
+    # before any handler runs, and the client sees CANCELLED. Such a call
+    # did nothing, so it is as safe to retry as one refused with UNAVAILABLE.
+    assert set(results) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     assert grpc.StatusCode.OK in results
+    failed = [fs for fs, code in zip(file_system_ids, results) if code != grpc.StatusCode.OK]
+    accepted = [fs for fs, code in zip(file_system_ids, results) if code == grpc.StatusCode.OK]
+    created = await statuses(database_url, file_system_ids)
+    assert [fs for fs in failed if created[fs]] == []
+    assert all(created[fs] == ["progressing"] for fs in accepted)
